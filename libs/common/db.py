@@ -1,0 +1,106 @@
+"""PostgreSQL connections for the pipeline and the idempotent migration command."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+from libs.common.errors import DatabaseUnavailable
+from libs.common.settings import PipelineSettings
+
+log = structlog.get_logger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# Any number will do as long as nothing else in the database uses it for a lock.
+_MIGRATION_LOCK = 727_001
+
+# Errors that mean "the server is away", not "this statement is wrong".
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    TimeoutError,
+)
+
+
+def _server_settings(settings: PipelineSettings) -> dict[str, str]:
+    # The extension's functions live in public; the pipeline's tables in the chosen schema.
+    return {
+        "search_path": f"{settings.database_schema},public",
+        "application_name": settings.service_name,
+    }
+
+
+async def connect(settings: PipelineSettings) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(
+            settings.database_url.get_secret_value(),
+            server_settings=_server_settings(settings),
+            timeout=10,
+        )
+    except CONNECTION_ERRORS as error:
+        raise DatabaseUnavailable(f"PostgreSQL: {error!r}") from error
+
+
+async def create_pool(
+    settings: PipelineSettings, *, size: int = 4, init: Callable[..., Any] | None = None
+) -> asyncpg.Pool:
+    try:
+        pool = await asyncpg.create_pool(
+            settings.database_url.get_secret_value(),
+            min_size=1,
+            max_size=size,
+            server_settings=_server_settings(settings),
+            timeout=10,
+            init=init,
+        )
+    except CONNECTION_ERRORS as error:
+        raise DatabaseUnavailable(f"PostgreSQL: {error!r}") from error
+    assert pool is not None
+    return pool
+
+
+def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
+    return sorted(directory.glob("[0-9][0-9][0-9][0-9]_*.sql"))
+
+
+async def migrate(conn: asyncpg.Connection, schema: str = "public") -> list[str]:
+    """Apply the migrations this schema lacks, each in its own transaction; returns their names.
+
+    An advisory lock makes concurrent runs (several replicas starting at once) take turns.
+    """
+    applied_now: list[str] = []
+    notices: list[str] = []
+    conn.add_log_listener(lambda _c, message: notices.append(str(message.message)))
+    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    await conn.execute(f'SET search_path TO "{schema}", public')
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version text PRIMARY KEY,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for path in migration_files():
+            if path.stem in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(path.read_text())
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", path.stem)
+            applied_now.append(path.stem)
+            log.info("migration applied", version=path.stem, schema=schema)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    for notice in notices:
+        log.info("database notice", notice=notice)
+    return applied_now

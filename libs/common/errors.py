@@ -1,0 +1,79 @@
+"""The pipeline's one error hierarchy: `retriable` says whether waiting can fix it.
+
+Tenacity retries only errors whose class says `retriable = True`; anything else is permanent and
+the record goes straight to the dead-letter queue with the error's name as `error_type`.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    retriable: bool = False
+
+    @property
+    def error_type(self) -> str:
+        return type(self).__name__
+
+
+# Transient: the thing we depend on is away; the same record will work later.
+class TransientError(PipelineError):
+    retriable = True
+
+
+class BrokerUnavailable(TransientError):
+    """Kafka did not acknowledge a write or could not be reached."""
+
+
+class DatabaseUnavailable(TransientError):
+    """PostgreSQL could not be reached or dropped the connection."""
+
+
+class MqttUnavailable(TransientError):
+    """The MQTT broker could not be reached."""
+
+
+# Permanent: the record itself is wrong; retrying gives the same answer.
+class RecordError(PipelineError):
+    """A record that no amount of waiting will make acceptable."""
+
+    def __init__(self, reasons: list[str] | str) -> None:
+        self.reasons = [reasons] if isinstance(reasons, str) else list(reasons)
+        super().__init__("; ".join(self.reasons))
+
+
+class PayloadTooLarge(RecordError):
+    """The message is larger than the configured limit."""
+
+
+class NotJson(RecordError):
+    """The payload is not UTF-8 JSON."""
+
+
+class NotAnObject(RecordError):
+    """The payload is JSON but not an object (or an array/NDJSON of them, over HTTP)."""
+
+
+class MissingDeviceId(RecordError):
+    """The reading carries no usable device_id."""
+
+
+class SchemaViolation(RecordError):
+    """A field has the wrong type: NaN, Infinity, a boolean, a non-numeric string..."""
+
+
+class RuleViolation(RecordError):
+    """A field breaks a validation rule (range, required)."""
+
+
+class InvalidRecord(RecordError):
+    """A reading with both type errors and rule violations; every reason is listed."""
+
+
+class StorageRejected(RecordError):
+    """The database refused the row itself (not the connection)."""
+
+
+class ConfigurationError(PipelineError):
+    """A setting or a rules file is wrong; the service refuses to start."""

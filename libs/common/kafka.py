@@ -1,0 +1,138 @@
+"""Kafka clients built the one way this project wants them, and the shared topic set-up."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from libs.common.errors import BrokerUnavailable
+from libs.common.settings import ConsumerSettings, PipelineSettings
+
+log = structlog.get_logger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One record to produce: the key orders a device's readings within a partition."""
+
+    value: bytes
+    key: bytes | None = None
+    headers: Headers = field(default_factory=list)
+
+
+def make_producer(settings: PipelineSettings, **overrides: Any) -> AIOKafkaProducer:
+    # acks=all + idempotence: a retried send is written once, and only when every in-sync
+    # replica has it, so a crash after a send was acknowledged cannot lose it.
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "client_id": settings.service_name,
+        "acks": "all",
+        "enable_idempotence": True,
+        "compression_type": None
+        if settings.producer_compression == "none"
+        else settings.producer_compression,
+        "linger_ms": settings.producer_linger_ms,
+        "max_batch_size": settings.producer_max_batch_bytes,
+        "request_timeout_ms": 30_000,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def make_consumer(settings: ConsumerSettings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
+    # Offsets are committed by the runner only after the batch's output is acknowledged.
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "client_id": settings.service_name,
+        "group_id": settings.consumer_group,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+        "fetch_max_bytes": 16 * 1024 * 1024,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+async def produce_all(producer: AIOKafkaProducer, topic: str, records: Sequence[Outgoing]) -> None:
+    """Send every record and return once Kafka acknowledged all of them.
+
+    Sends are queued without awaiting each one (the producer batches them), then the delivery
+    futures are awaited together: one round trip per batch, not per record.
+    """
+    try:
+        futures = [
+            await producer.send(topic, r.value, key=r.key, headers=r.headers or None)
+            for r in records
+        ]
+        for future in futures:
+            await future
+    except KafkaError as error:
+        raise BrokerUnavailable(
+            f"Kafka did not acknowledge a write to {topic}: {error!r}"
+        ) from error
+
+
+def encode_json(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def pipeline_topics(settings: PipelineSettings) -> list[str]:
+    return [
+        settings.topic_raw,
+        settings.topic_validated,
+        settings.topic_enriched,
+        settings.topic_dlq,
+    ]
+
+
+async def ensure_topics(
+    settings: PipelineSettings,
+    topics: Sequence[str] | None = None,
+    *,
+    partitions: int | None = None,
+) -> list[str]:
+    """Create the pipeline's topics that do not exist yet; returns the ones it created."""
+    names = list(topics) if topics is not None else pipeline_topics(settings)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=f"{settings.service_name}-admin",
+    )
+    try:
+        await admin.start()
+    except KafkaError as error:
+        raise BrokerUnavailable(
+            f"Kafka at {settings.kafka_bootstrap_servers}: {error!r}"
+        ) from error
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(
+                name,
+                num_partitions=partitions or settings.topic_partitions,
+                replication_factor=settings.topic_replication_factor,
+            )
+            for name in names
+            if name not in existing
+        ]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                # Another replica's set-up won the race; the topic is there, which is the point.
+                pass
+        return [t.name for t in wanted]
+    except KafkaError as error:
+        raise BrokerUnavailable(f"could not create topics: {error!r}") from error
+    finally:
+        await admin.close()

@@ -1,0 +1,64 @@
+"""Every Prometheus metric of the pipeline, defined once with a `stage` label.
+
+All four services export the same names, so one dashboard and one set of alert rules serve all.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+MESSAGES_IN = Counter("pipeline_messages_in_total", "Records a stage took in.", ["stage"])
+MESSAGES_OUT = Counter(
+    "pipeline_messages_out_total", "Records a stage passed on (produced or stored).", ["stage"]
+)
+DLQ_RECORDS = Counter(
+    "pipeline_dlq_records_total",
+    "Records sent to the dead-letter topic, by stage and error type.",
+    ["stage", "error_type"],
+)
+ERRORS = Counter(
+    "pipeline_errors_total", "Errors met while processing, by type.", ["stage", "error_type"]
+)
+DUPLICATES = Counter(
+    "pipeline_duplicates_dropped_total",
+    "Readings dropped as duplicates of an earlier (device_id, timestamp).",
+    ["stage"],
+)
+RETRIES = Counter(
+    "pipeline_retries_total", "Transient failures that were retried.", ["stage", "operation"]
+)
+PROCESSING_SECONDS = Histogram(
+    "pipeline_processing_seconds",
+    "Time to process one batch, from poll to commit.",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "pipeline_batch_size", "Records per processed batch.", ["stage"], buckets=BATCH_BUCKETS
+)
+CONSUMER_LAG = Gauge(
+    "pipeline_consumer_lag",
+    "Records between the committed position and the end of the partition.",
+    ["stage", "topic", "partition"],
+)
+DB_WRITE_SECONDS = Histogram(
+    "pipeline_db_write_seconds",
+    "Time of one database write of a batch.",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+END_TO_END_SECONDS = Histogram(
+    "pipeline_end_to_end_seconds",
+    "From a reading's clock (device timestamp or receive time) to stored.",
+    ["stage", "since"],
+    buckets=LATENCY_BUCKETS,
+)
+REQUESTS = Counter(
+    "pipeline_ingest_requests_total",
+    "MQTT messages and HTTP requests taken by ingest, by transport and outcome.",
+    ["stage", "transport", "outcome"],
+)
+READY = Gauge("pipeline_ready", "1 when the stage is connected to all it needs.", ["stage"])

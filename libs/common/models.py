@@ -1,0 +1,153 @@
+"""Message contracts between the stages: the one place where a field is named.
+
+The hot paths build plain dicts with these field names (orjson serialises them without a model
+instance per record); tests check that those dicts validate against these models.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Source(StrEnum):
+    MQTT = "mqtt"
+    HTTP = "http"
+    BATCH = "batch"
+    REPLAY = "replay"
+
+
+class Stage(StrEnum):
+    INGEST = "ingest"
+    VALIDATE = "validate"
+    ENRICH = "enrich"
+    STORE = "store"
+
+
+# Kafka header names set by ingest and carried to the table.
+HEADER_SOURCE = "source"
+HEADER_RECEIVED_AT = "received_at"
+HEADER_TRACE_ID = "trace_id"
+
+MEASUREMENTS = ("temperature", "humidity", "pressure")
+
+
+class Location(BaseModel):
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+
+
+class RawReading(BaseModel):
+    """A reading as a device sends it (topic sensor-data carries these bytes as received)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    device_id: str = Field(min_length=1)
+    timestamp: str | float | int
+    temperature: float | None = None
+    humidity: float | None = None
+    pressure: float | None = None
+    location: Location | None = None
+    message_id: str | None = None
+    schema_version: str | int | None = None
+
+
+class Lineage(BaseModel):
+    source: Source
+    received_at: datetime
+    trace_id: str
+
+
+class ValidatedReading(Lineage):
+    """Topic sensor-data-validated: typed, in range, UTC, one per (device_id, time)."""
+
+    device_id: str
+    time: datetime
+    temperature: float | None = None
+    humidity: float | None = None
+    pressure: float | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    message_id: str | None = None
+    schema_version: str | None = None
+    # Further numeric sensor fields the device sent, kept rather than dropped.
+    extra: dict[str, float] = Field(default_factory=dict)
+
+
+class EnrichedReading(ValidatedReading):
+    """Topic sensor-data-enriched: the validated reading plus registry, place and physics."""
+
+    heat_index: float | None = None
+    dew_point: float | None = None
+    device_known: bool = False
+    model: str | None = None
+    site: str | None = None
+    owner: str | None = None
+    country_code: str | None = None
+    country: str | None = None
+    region: str | None = None
+    place: str | None = None
+    geohash: str | None = None
+
+
+class DeadLetter(BaseModel):
+    """Topic sensor-data-errors: a record a stage could not process, and why."""
+
+    original_record: str
+    # "utf-8" when original_record is the payload's text, "base64" when it was not valid UTF-8.
+    original_encoding: str = "utf-8"
+    error_message: str
+    error_type: str
+    reasons: list[str] = Field(default_factory=list)
+    error_timestamp: datetime
+    processing_stage: Stage
+    attempts: int = 1
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+    trace_id: str | None = None
+    device_id: str | None = None
+
+
+def encode_original(payload: bytes) -> tuple[str, str]:
+    """The payload as text when it is UTF-8, else base64, so the DLQ keeps it byte for byte."""
+    try:
+        return payload.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(payload).decode("ascii"), "base64"
+
+
+def dead_letter(
+    payload: bytes,
+    *,
+    stage: Stage,
+    error_type: str,
+    reasons: list[str],
+    attempts: int = 1,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+    trace_id: str | None = None,
+    device_id: str | None = None,
+) -> dict[str, Any]:
+    """A DLQ record as a dict with the `DeadLetter` field names (the hot path's form)."""
+    original, encoding = encode_original(payload)
+    return {
+        "original_record": original,
+        "original_encoding": encoding,
+        "error_message": "; ".join(reasons),
+        "error_type": error_type,
+        "reasons": reasons,
+        "error_timestamp": datetime.now(UTC).isoformat(),
+        "processing_stage": stage.value,
+        "attempts": attempts,
+        "source_topic": topic,
+        "source_partition": partition,
+        "source_offset": offset,
+        "trace_id": trace_id,
+        "device_id": device_id,
+    }

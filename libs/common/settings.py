@@ -1,0 +1,88 @@
+"""Settings shared by every service, read from the environment once in each `__main__`.
+
+Each service subclasses `PipelineSettings` with its own port and consumer group; the defaults
+point at the local stack of ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "postgresql://sensors:sensors@127.0.0.1:5432/sensors"
+
+
+class PipelineSettings(BaseSettings):
+    """What every stage needs: Kafka, topics, the database, logging, and its HTTP port."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    service_name: str = "pipeline"
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    topic_raw: str = "sensor-data"
+    topic_validated: str = "sensor-data-validated"
+    topic_enriched: str = "sensor-data-enriched"
+    topic_dlq: str = "sensor-data-errors"
+    topic_partitions: int = Field(default=6, ge=1, le=1024)
+    topic_replication_factor: int = Field(default=1, ge=1, le=16)
+    database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
+    # The schema holding the pipeline's tables (tests use one schema each).
+    database_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    log_level: str = "INFO"
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=1, le=65535)
+
+    # Producer tuning: acks=all with idempotence is fixed; these trade latency for throughput.
+    producer_linger_ms: int = Field(default=5, ge=0, le=1000)
+    producer_max_batch_bytes: int = Field(default=512 * 1024, ge=16 * 1024)
+    producer_compression: str = "lz4"
+
+    # Consumer batch: getmany() bound per poll; also bounds memory (backpressure).
+    consumer_max_records: int = Field(default=2000, ge=1, le=100_000)
+    consumer_poll_timeout_ms: int = Field(default=200, ge=1, le=10_000)
+
+    # A transient failure (broker, database) is retried this long before the stage gives up
+    # on the batch, seeks back and tries it again from the start; nothing is committed before.
+    retry_max_wait_s: float = Field(default=10.0, gt=0)
+    shutdown_timeout_s: float = Field(default=20.0, gt=0)
+
+    @field_validator("producer_compression")
+    @classmethod
+    def _known_codec(cls, value: str) -> str:
+        allowed = {"none", "gzip", "snappy", "lz4", "zstd"}
+        if value not in allowed:
+            raise ValueError(f"producer_compression must be one of {sorted(allowed)}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme not in {"postgresql", "postgres"}:
+            raise ValueError("database_url must be a postgresql:// URL")
+        return value
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _host_ports(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"kafka_bootstrap_servers: {server!r} is not host:port")
+        return value
+
+
+class ConsumerSettings(PipelineSettings):
+    """A stage that consumes a topic with its own consumer group."""
+
+    consumer_group: str = "pipeline"

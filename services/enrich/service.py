@@ -1,0 +1,82 @@
+"""The enrich stage wired up: validated readings in, enriched ones out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+
+import orjson
+from aiokafka import ConsumerRecord
+
+from libs.common.db import create_pool
+from libs.common.health import Readiness
+from libs.common.kafka import Outgoing, encode_json
+from libs.common.models import Stage, dead_letter
+from libs.common.retry import call_with_retry
+from libs.common.runner import StepResult
+from libs.common.service import STARTUP_WAIT_S, run_kafka_stage
+from services.enrich import geo
+from services.enrich.enricher import enrich
+from services.enrich.registry import DeviceRegistry
+from services.enrich.settings import EnrichSettings
+
+
+def make_step(
+    registry: DeviceRegistry, geohash_precision: int
+) -> Callable[[Sequence[ConsumerRecord]], StepResult]:
+    def step(records: Sequence[ConsumerRecord]) -> StepResult:
+        result = StepResult()
+        for record in records:
+            payload: bytes = record.value or b""
+            try:
+                reading = orjson.loads(payload)
+                enriched = enrich(reading, registry, geohash_precision)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+                # validate wrote this record, so this is a bug or a foreign producer: say so.
+                result.dead_letters.append(
+                    dead_letter(
+                        payload,
+                        stage=Stage.ENRICH,
+                        error_type="MalformedValidatedRecord",
+                        reasons=[f"not a validated reading: {error!r}"],
+                        topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                    )
+                )
+                continue
+            result.outputs.append(Outgoing(encode_json(enriched), record.key, record.headers))
+        return result
+
+    return step
+
+
+async def run(settings: EnrichSettings, stop: asyncio.Event) -> None:
+    readiness = Readiness(settings.service_name, "kafka", "database", "pipeline")
+    # The place dataset takes a moment to load: do it before the first batch, not during it.
+    await asyncio.to_thread(geo.preload)
+    pool = await call_with_retry(lambda: create_pool(settings, size=2), STARTUP_WAIT_S)
+    registry = DeviceRegistry()
+    await call_with_retry(lambda: registry.load(pool), STARTUP_WAIT_S)
+    readiness.set("database", True)
+    refresher = asyncio.create_task(registry.refresh_forever(pool, settings.registry_refresh_s))
+    step = make_step(registry, settings.geohash_precision)
+
+    async def async_step(records: Sequence[ConsumerRecord]) -> StepResult:
+        return step(records)
+
+    try:
+        await run_kafka_stage(
+            settings,
+            stop,
+            input_topic=settings.topic_validated,
+            output_topic=settings.topic_enriched,
+            step=async_step,
+            readiness=readiness,
+        )
+    finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+        await pool.close()

@@ -1,0 +1,111 @@
+"""The store stage wired up: enriched readings in, rows in `sensor_readings`, offsets committed
+only after the database committed them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+import orjson
+import structlog
+from aiokafka import ConsumerRecord
+
+from libs.common import metrics
+from libs.common.db import create_pool
+from libs.common.errors import StorageRejected
+from libs.common.health import Readiness
+from libs.common.models import Stage, dead_letter
+from libs.common.retry import call_with_retry
+from libs.common.runner import StepResult
+from libs.common.service import STARTUP_WAIT_S, run_kafka_stage
+from services.store.settings import StoreSettings
+from services.store.writer import Row, prepare_connection, to_row, write_rows
+
+log = structlog.get_logger(__name__)
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool, settings: StoreSettings, readiness: Readiness) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.readiness = readiness
+
+    async def step(self, records: Sequence[ConsumerRecord]) -> StepResult:
+        result = StepResult()
+        rows: list[Row] = []
+        sources: list[ConsumerRecord] = []
+        for record in records:
+            try:
+                rows.append(to_row(orjson.loads(record.value or b"")))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+                result.dead_letters.append(self._dead(record, "MalformedEnrichedRecord", repr(e)))
+                continue
+            sources.append(record)
+        if rows:
+            started = time.perf_counter()
+            # A DatabaseUnavailable escapes to the runner, which retries the whole batch.
+            await self._write(rows, sources, result)
+            metrics.DB_WRITE_SECONDS.labels(Stage.STORE.value).observe(
+                time.perf_counter() - started
+            )
+            self.readiness.set("database", True)
+            self._observe_latency(rows)
+        return result
+
+    async def _write(self, rows: list[Row], sources: list[ConsumerRecord], out: StepResult) -> None:
+        try:
+            await write_rows(self.pool, rows)
+        except StorageRejected as error:
+            if len(rows) == 1:
+                out.dead_letters.append(self._dead(sources[0], error.error_type, str(error)))
+                return
+            # One bad row fails the whole COPY: halve until it is found, write the rest.
+            middle = len(rows) // 2
+            await self._write(rows[:middle], sources[:middle], out)
+            await self._write(rows[middle:], sources[middle:], out)
+
+    def _dead(self, record: ConsumerRecord, error_type: str, reason: str) -> dict[str, object]:
+        return dead_letter(
+            record.value or b"",
+            stage=Stage.STORE,
+            error_type=error_type,
+            reasons=[reason],
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            device_id=record.key.decode("utf-8", "replace") if record.key else None,
+        )
+
+    def _observe_latency(self, rows: list[Row]) -> None:
+        now = datetime.now(UTC)
+        device = metrics.END_TO_END_SECONDS.labels(Stage.STORE.value, "device_timestamp")
+        received = metrics.END_TO_END_SECONDS.labels(Stage.STORE.value, "received_at")
+        for row in rows:
+            device.observe(max(0.0, (now - row[0]).total_seconds()))
+            received.observe(max(0.0, (now - row[22]).total_seconds()))
+
+
+async def run(settings: StoreSettings, stop: asyncio.Event) -> None:
+    readiness = Readiness(settings.service_name, "kafka", "database", "pipeline")
+    pool = await call_with_retry(
+        lambda: create_pool(settings, size=settings.db_pool_size, init=prepare_connection),
+        STARTUP_WAIT_S,
+    )
+    readiness.set("database", True)
+    store = Store(pool, settings, readiness)
+    try:
+        await run_kafka_stage(
+            settings,
+            stop,
+            input_topic=settings.topic_enriched,
+            output_topic=None,
+            step=store.step,
+            readiness=readiness,
+            batch_max_wait_ms=settings.batch_max_wait_ms,
+            max_records=settings.batch_max_rows,
+        )
+    finally:
+        await pool.close()

@@ -1,0 +1,17 @@
+"""Settings of the store stage."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from libs.common.settings import ConsumerSettings
+
+
+class StoreSettings(ConsumerSettings):
+    service_name: str = "store"
+    http_port: int = Field(default=8083, ge=1, le=65535)
+    consumer_group: str = "store"
+    # A batch is written when it holds this many rows or the oldest waited this long.
+    batch_max_rows: int = Field(default=5000, ge=1)
+    batch_max_wait_ms: int = Field(default=500, ge=1)
+    db_pool_size: int = Field(default=4, ge=1, le=64)

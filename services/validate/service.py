@@ -1,0 +1,112 @@
+"""The validate stage wired up: raw readings in, validated ones out, bad ones to the DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from aiokafka import ConsumerRecord
+
+from libs.common.errors import RecordError
+from libs.common.health import Readiness
+from libs.common.kafka import Outgoing, encode_json
+from libs.common.models import (
+    HEADER_RECEIVED_AT,
+    HEADER_SOURCE,
+    HEADER_TRACE_ID,
+    Source,
+    Stage,
+    dead_letter,
+)
+from libs.common.runner import StepResult
+from libs.common.service import run_kafka_stage
+from services.validate.dedup import Deduplicator
+from services.validate.rules import Rules, load_rules
+from services.validate.settings import ValidateSettings
+from services.validate.validator import Context, validate
+
+# Readings stamped before this are a device whose clock was never set.
+MIN_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def make_step(
+    rules: Rules,
+    dedup: Deduplicator,
+    *,
+    max_future_skew_s: float,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Callable[[Sequence[ConsumerRecord]], StepResult]:
+    def step(records: Sequence[ConsumerRecord]) -> StepResult:
+        now = clock()
+        result = StepResult()
+        batch_keys: dict[tuple[str, str], None] = {}
+        for record in records:
+            headers = dict(record.headers or ())
+            ctx = Context(
+                rules=rules,
+                now=now,
+                max_future_skew_s=max_future_skew_s,
+                min_time=MIN_TIME,
+                source=_text(headers.get(HEADER_SOURCE)) or Source.BATCH.value,
+                received_at=_text(headers.get(HEADER_RECEIVED_AT)) or now.isoformat(),
+                trace_id=_text(headers.get(HEADER_TRACE_ID))
+                or f"kafka:{record.partition}:{record.offset}",
+            )
+            payload: bytes = record.value or b""
+            try:
+                reading = validate(payload, ctx)
+            except RecordError as error:
+                result.dead_letters.append(
+                    dead_letter(
+                        payload,
+                        stage=Stage.VALIDATE,
+                        error_type=error.error_type,
+                        reasons=error.reasons,
+                        topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                        trace_id=ctx.trace_id,
+                        device_id=_key_text(record.key),
+                    )
+                )
+                continue
+            key = (reading["device_id"], reading["time"])
+            if key in dedup or key in batch_keys:
+                result.duplicates += 1
+                continue
+            batch_keys[key] = None
+            result.outputs.append(
+                Outgoing(encode_json(reading), reading["device_id"].encode(), record.headers)
+            )
+        result.on_success = lambda: dedup.remember(batch_keys)
+        return result
+
+    return step
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("utf-8", "replace") if value else None
+
+
+def _key_text(key: bytes | None) -> str | None:
+    return key.decode("utf-8", "replace") if key else None
+
+
+async def run(settings: ValidateSettings, stop: asyncio.Event) -> None:
+    rules = load_rules(settings.rules_file)
+    step = make_step(
+        rules, Deduplicator(settings.dedup_capacity), max_future_skew_s=settings.max_future_skew_s
+    )
+
+    async def async_step(records: Sequence[ConsumerRecord]) -> StepResult:
+        return step(records)
+
+    await run_kafka_stage(
+        settings,
+        stop,
+        input_topic=settings.topic_raw,
+        output_topic=settings.topic_validated,
+        step=async_step,
+        readiness=Readiness(settings.service_name, "kafka", "pipeline"),
+    )

@@ -1,0 +1,239 @@
+"""The validate stage's pure step: one raw reading in, a validated reading or every reason out.
+
+No I/O and no state here; duplicate detection lives in `dedup.py`, the Kafka loop in the runner.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from libs.common.errors import (
+    MissingDeviceId,
+    NotAnObject,
+    NotJson,
+    RuleViolation,
+    SchemaViolation,
+)
+from libs.common.models import MEASUREMENTS
+from services.validate.rules import Rules
+
+MAX_DEVICE_ID_LENGTH = 128
+# Epoch numbers above this are milliseconds: as seconds it would be the year 5138.
+_EPOCH_MS_THRESHOLD = 100_000_000_000
+_TIME_FORMS = "ISO 8601 text with an offset or epoch seconds/milliseconds"
+_KNOWN = frozenset(
+    {"device_id", "timestamp", "location", "message_id", "schema_version", *MEASUREMENTS}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the step needs besides the payload: rules, clock bounds and lineage."""
+
+    rules: Rules
+    now: datetime
+    max_future_skew_s: float
+    min_time: datetime
+    source: str
+    received_at: str
+    trace_id: str
+
+
+def parse_json(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as error:
+        raise NotJson(_why_not_json(payload, error)) from None
+
+
+def _why_not_json(payload: bytes, error: orjson.JSONDecodeError) -> str:
+    # orjson refuses NaN and Infinity as bare words; say which field held one, since that is
+    # a device bug worth naming, not a garbled message.
+    constants: list[str] = []
+    try:
+        json.loads(payload, parse_constant=constants.append)
+    except (ValueError, RecursionError):
+        pass
+    if constants:
+        return f"not valid JSON: {', '.join(sorted(set(constants)))} is not a JSON number"
+    return f"not valid JSON: {error.msg} at position {error.pos}"
+
+
+def validate(payload: bytes, ctx: Context) -> dict[str, Any]:
+    """Return the validated reading (ValidatedReading's fields) or raise with every reason."""
+    data = parse_json(payload)
+    if not isinstance(data, dict):
+        raise NotAnObject(f"a reading must be a JSON object, got {type(data).__name__}")
+    return validate_object(data, ctx)
+
+
+def validate_object(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    type_errors: list[str] = []
+    rule_errors: list[str] = []
+
+    device_id = data.get("device_id")
+    if device_id is None or device_id == "":
+        raise MissingDeviceId("device_id is required")
+    if not isinstance(device_id, str):
+        type_errors.append(f"device_id must be a string, got {_kind(device_id)}")
+    elif len(device_id) > MAX_DEVICE_ID_LENGTH or not device_id.isprintable():
+        type_errors.append(
+            f"device_id must be printable and at most {MAX_DEVICE_ID_LENGTH} characters"
+        )
+
+    time = _timestamp(data.get("timestamp"), ctx, type_errors, rule_errors)
+
+    out: dict[str, Any] = {
+        "device_id": device_id,
+        "time": time.isoformat() if time else None,
+        "source": ctx.source,
+        "received_at": ctx.received_at,
+        "trace_id": ctx.trace_id,
+    }
+    for name in MEASUREMENTS:
+        out[name] = _number(name, data.get(name), type_errors)
+
+    latitude = longitude = None
+    location = data.get("location")
+    if location is not None:
+        if not isinstance(location, dict):
+            type_errors.append(f"location must be an object, got {_kind(location)}")
+        else:
+            if location.get("latitude") is None or location.get("longitude") is None:
+                type_errors.append("location needs both latitude and longitude")
+            latitude = _number("location.latitude", location.get("latitude"), type_errors)
+            longitude = _number("location.longitude", location.get("longitude"), type_errors)
+            if latitude is not None and not -90 <= latitude <= 90:
+                rule_errors.append(f"location.latitude out of range: {latitude}")
+            if longitude is not None and not -180 <= longitude <= 180:
+                rule_errors.append(f"location.longitude out of range: {longitude}")
+    out["latitude"] = latitude
+    out["longitude"] = longitude
+
+    out["message_id"] = _optional_text("message_id", data.get("message_id"), type_errors)
+    out["schema_version"] = _optional_text(
+        "schema_version", data.get("schema_version"), type_errors
+    )
+
+    extra: dict[str, float] = {}
+    for name, value in data.items():
+        # Further numeric sensor fields are kept; other unknown fields (text, objects) are
+        # metadata this pipeline does not store, and are no reason to reject a reading.
+        if name not in _KNOWN and _is_number_like(value):
+            number = _number(name, value, type_errors)
+            if number is not None:
+                extra[name] = number
+    out["extra"] = extra
+
+    for name in ctx.rules.required:
+        if name in ("device_id", "timestamp"):
+            continue  # checked above with a more precise message
+        if out.get(name, extra.get(name)) is None and data.get(name) in (None, ""):
+            rule_errors.append(f"{name} is required")
+    for name, bounds in ctx.rules.ranges.items():
+        value = out.get(name) if name in out else extra.get(name)
+        if isinstance(value, float) and not bounds.min <= value <= bounds.max:
+            rule_errors.append(
+                f"{name} out of range: {value} (allowed {bounds.min:g} .. {bounds.max:g})"
+            )
+
+    if type_errors:
+        raise SchemaViolation(type_errors + rule_errors)
+    if rule_errors:
+        raise RuleViolation(rule_errors)
+    return out
+
+
+def _timestamp(
+    value: Any, ctx: Context, type_errors: list[str], rule_errors: list[str]
+) -> datetime | None:
+    if value is None or value == "":
+        rule_errors.append("timestamp is required")
+        return None
+    parsed: datetime | None = None
+    if isinstance(value, bool):
+        type_errors.append(
+            "timestamp must be ISO 8601 text or epoch seconds/milliseconds, got bool"
+        )
+        return None
+    if isinstance(value, str) and value.strip().lstrip("-").replace(".", "", 1).isdigit():
+        value = float(value)
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            type_errors.append(f"timestamp is not a finite number: {value}")
+            return None
+        seconds = value / 1000 if abs(value) >= _EPOCH_MS_THRESHOLD else value
+        try:
+            parsed = datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            rule_errors.append(f"timestamp out of range: {value}")
+            return None
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            type_errors.append(f"timestamp is not ISO 8601: {value[:64]!r}")
+            return None
+        if parsed.tzinfo is None:
+            type_errors.append(f"timestamp has no UTC offset: {value[:64]!r}")
+            return None
+        parsed = parsed.astimezone(UTC)
+    else:
+        type_errors.append(f"timestamp must be {_TIME_FORMS}, got {_kind(value)}")
+        return None
+    if parsed < ctx.min_time:
+        rule_errors.append(f"timestamp too far in the past: {parsed.isoformat()}")
+    elif (parsed - ctx.now).total_seconds() > ctx.max_future_skew_s:
+        rule_errors.append(f"timestamp in the future: {parsed.isoformat()}")
+    return parsed
+
+
+def _number(name: str, value: Any, errors: list[str]) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        errors.append(f"{name} must be a number, got bool")
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            errors.append(f"{name} must be a number, got {value[:32]!r}")
+            return None
+    else:
+        errors.append(f"{name} must be a number, got {_kind(value)}")
+        return None
+    if not math.isfinite(number):
+        errors.append(f"{name} must be a finite number, got {value!r}")
+        return None
+    return number
+
+
+def _optional_text(name: str, value: Any, errors: list[str]) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    errors.append(f"{name} must be text, got {_kind(value)}")
+    return None
+
+
+def _is_number_like(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+_KIND_NAMES: dict[type, str] = {dict: "object", list: "array", str: "string"}
+
+
+def _kind(value: Any) -> str:
+    return _KIND_NAMES.get(type(value), type(value).__name__)

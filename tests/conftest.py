@@ -1,0 +1,130 @@
+"""Fixtures shared by the integration and end-to-end tests: the real local stack, and fresh
+uuid-named topics, consumer groups and database schemas for each test."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+
+from libs.common.db import connect, migrate
+from libs.common.kafka import ensure_topics
+from libs.common.settings import DEFAULT_DATABASE_URL, PipelineSettings
+
+KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+MQTT_HOST, MQTT_PORT = "127.0.0.1", int(os.environ.get("MQTT_PORT", "1883"))
+DATABASE_URL = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def stack() -> None:
+    """The local stack must be up; a test that needs it fails loudly when it is not."""
+    host, _, port = KAFKA.split(",")[0].rpartition(":")
+    missing = [
+        name
+        for name, h, p in (
+            ("Kafka", host, int(port)),
+            ("Mosquitto", MQTT_HOST, MQTT_PORT),
+            ("PostgreSQL", "127.0.0.1", 5432),
+        )
+        if not _reachable(h, p)
+    ]
+    if missing:
+        pytest.fail(
+            f"{', '.join(missing)} not reachable: start the stack with `make up`", pytrace=False
+        )
+
+
+@dataclass(frozen=True)
+class Names:
+    """Topic, group and schema names private to one test, so tests run in any order."""
+
+    suffix: str
+
+    @property
+    def raw(self) -> str:
+        return f"t-{self.suffix}-sensor-data"
+
+    @property
+    def validated(self) -> str:
+        return f"t-{self.suffix}-sensor-data-validated"
+
+    @property
+    def enriched(self) -> str:
+        return f"t-{self.suffix}-sensor-data-enriched"
+
+    @property
+    def dlq(self) -> str:
+        return f"t-{self.suffix}-sensor-data-errors"
+
+    @property
+    def schema(self) -> str:
+        return f"t_{self.suffix}"
+
+    def env(self) -> dict[str, str]:
+        """The environment that points a service at these names."""
+        return {
+            "TOPIC_RAW": self.raw,
+            "TOPIC_VALIDATED": self.validated,
+            "TOPIC_ENRICHED": self.enriched,
+            "TOPIC_DLQ": self.dlq,
+            "DATABASE_SCHEMA": self.schema,
+        }
+
+    def settings(self, **overrides: object) -> dict[str, object]:
+        return {k.lower(): v for k, v in self.env().items()} | overrides
+
+
+@pytest.fixture
+def names() -> Names:
+    return Names(uuid.uuid4().hex[:12])
+
+
+@pytest.fixture
+async def topics(stack: None, names: Names) -> Names:
+    settings = PipelineSettings(**names.settings(topic_partitions=3))  # type: ignore[arg-type]
+    created = await ensure_topics(settings)
+    assert len(created) == 4
+    return names
+
+
+@pytest.fixture
+async def schema(stack: None, names: Names) -> AsyncIterator[str]:
+    settings = PipelineSettings(**names.settings())  # type: ignore[arg-type]
+    conn = await connect(settings)
+    try:
+        await migrate(conn, names.schema)
+        yield names.schema
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{names.schema}" CASCADE')
+        await conn.close()
+
+
+@pytest.fixture
+async def db(schema: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(DATABASE_URL, server_settings={"search_path": f"{schema},public"})
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def free_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    yield port

@@ -1,0 +1,51 @@
+"""`python -m tools.setup`: wait for Kafka and PostgreSQL, create the topics, apply migrations.
+
+Idempotent: run it as often as you like (make up runs it every time, Kubernetes as a Job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import structlog
+
+from libs.common.db import connect, migrate
+from libs.common.kafka import ensure_topics
+from libs.common.logs import configure_logging
+from libs.common.retry import call_with_retry
+from libs.common.settings import PipelineSettings
+
+log = structlog.get_logger("setup")
+
+
+class SetupSettings(PipelineSettings):
+    service_name: str = "setup"
+    # How long to wait for Kafka and the database to come up before giving up.
+    setup_wait_s: float = 120.0
+
+
+async def setup(settings: SetupSettings) -> None:
+    created = await call_with_retry(lambda: ensure_topics(settings), settings.setup_wait_s)
+    log.info("topics ready", created=created, partitions=settings.topic_partitions)
+    conn = await call_with_retry(lambda: connect(settings), settings.setup_wait_s)
+    try:
+        applied = await migrate(conn, settings.database_schema)
+    finally:
+        await conn.close()
+    log.info("database ready", applied=applied, schema=settings.database_schema)
+
+
+def main() -> int:
+    settings = SetupSettings()
+    configure_logging(settings.service_name, settings.log_level)
+    try:
+        asyncio.run(setup(settings))
+    except Exception as error:
+        log.error("setup failed", error=repr(error))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
