@@ -14,7 +14,8 @@ from libs.common.settings import PipelineSettings
 
 log = structlog.get_logger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# Shipped inside the package, so an installed service (a container) finds them too.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Any number will do as long as nothing else in the database uses it for a lock.
 _MIGRATION_LOCK = 727_001
 

@@ -6,12 +6,18 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 
+import orjson
 import uvicorn
 from fastapi import FastAPI, Response
-from fastapi.responses import ORJSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from libs.common import metrics
+
+
+def json_response(
+    content: object, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(orjson.dumps(content), status_code, headers, media_type="application/json")
 
 
 class Readiness:
@@ -43,13 +49,13 @@ def health_app(readiness: Readiness, app: FastAPI | None = None) -> FastAPI:
     app = app or FastAPI(title=f"sensor pipeline: {readiness.stage}", docs_url=None)
 
     @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> ORJSONResponse:
-        return ORJSONResponse({"status": "alive", "stage": readiness.stage})
+    async def healthz() -> Response:
+        return json_response({"status": "alive", "stage": readiness.stage})
 
     @app.get("/readyz", include_in_schema=False)
-    async def readyz() -> ORJSONResponse:
+    async def readyz() -> Response:
         checks = readiness.snapshot()
-        return ORJSONResponse(
+        return json_response(
             {"ready": readiness.ready, "checks": checks},
             status_code=200 if readiness.ready else 503,
         )

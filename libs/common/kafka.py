@@ -72,7 +72,9 @@ async def produce_all(producer: AIOKafkaProducer, topic: str, records: Sequence[
     """
     try:
         futures = [
-            await producer.send(topic, r.value, key=r.key, headers=r.headers or None)
+            await producer.send(
+                topic, r.value, key=r.key, headers=list(r.headers) if r.headers else None
+            )
             for r in records
         ]
         for future in futures:

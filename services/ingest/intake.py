@@ -12,6 +12,7 @@ import orjson
 
 from libs.common.errors import MissingDeviceId, NotAnObject, NotJson, RecordError
 from libs.common.kafka import Outgoing
+from libs.common.payload import parse_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +36,7 @@ def check_object(data: Any) -> str:
 
 def check_message(payload: bytes) -> Outgoing:
     """One MQTT message: a Kafka record keyed by device_id (bytes passed on unchanged)."""
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError as error:
-        raise NotJson(f"not valid JSON: {error.msg} at position {error.pos}") from None
-    device_id = check_object(data)
+    device_id = check_object(parse_json(payload))
     return Outgoing(payload, device_id.encode())
 
 
@@ -49,9 +46,12 @@ def split_body(body: bytes) -> tuple[list[Outgoing], list[Rejected]]:
     rejected: list[Rejected] = []
     try:
         data = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
+    except orjson.JSONDecodeError:
         if b"\n" not in body.strip():
-            rejected.append(Rejected(0, body, NotJson(f"not valid JSON: {error.msg}")))
+            try:
+                parse_json(body)
+            except NotJson as not_json:
+                rejected.append(Rejected(0, body, not_json))
             return accepted, rejected
         # Not one JSON document: NDJSON, a reading a line; each line stands on its own.
         lines = [line for line in body.split(b"\n") if line.strip()]

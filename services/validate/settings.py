@@ -17,5 +17,7 @@ class ValidateSettings(ConsumerSettings):
     rules_file: Path | None = None
     # Readings stamped further ahead than this are rejected: a device clock gone wrong.
     max_future_skew_s: float = Field(default=300.0, ge=0)
-    # Bounded memory for duplicate detection: keys remembered per validate replica.
-    dedup_capacity: int = Field(default=1_000_000, ge=1000)
+    # Bounded memory for duplicate detection: keys remembered per validate replica (about
+    # 240 bytes each, so the default holds some 50 MB).
+
+    dedup_capacity: int = Field(default=200_000, ge=1000)

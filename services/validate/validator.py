@@ -5,22 +5,19 @@ No I/O and no state here; duplicate detection lives in `dedup.py`, the Kafka loo
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from libs.common.errors import (
     MissingDeviceId,
     NotAnObject,
-    NotJson,
     RuleViolation,
     SchemaViolation,
 )
 from libs.common.models import MEASUREMENTS
+from libs.common.payload import parse_json
 from services.validate.rules import Rules
 
 MAX_DEVICE_ID_LENGTH = 128
@@ -43,26 +40,6 @@ class Context:
     source: str
     received_at: str
     trace_id: str
-
-
-def parse_json(payload: bytes) -> Any:
-    try:
-        return orjson.loads(payload)
-    except orjson.JSONDecodeError as error:
-        raise NotJson(_why_not_json(payload, error)) from None
-
-
-def _why_not_json(payload: bytes, error: orjson.JSONDecodeError) -> str:
-    # orjson refuses NaN and Infinity as bare words; say which field held one, since that is
-    # a device bug worth naming, not a garbled message.
-    constants: list[str] = []
-    try:
-        json.loads(payload, parse_constant=constants.append)
-    except (ValueError, RecursionError):
-        pass
-    if constants:
-        return f"not valid JSON: {', '.join(sorted(set(constants)))} is not a JSON number"
-    return f"not valid JSON: {error.msg} at position {error.pos}"
 
 
 def validate(payload: bytes, ctx: Context) -> dict[str, Any]:

@@ -81,7 +81,10 @@ def test_every_reason_of_a_bad_reading_is_reported_at_once() -> None:
     ("raw", "reason"),
     [
         (b'{"device_id":"d","timestamp":1,"temperature":NaN}', "NaN is not a JSON number"),
-        (b'{"device_id":"d","timestamp":1,"temperature":Infinity}', "Infinity is not a JSON number"),
+        (
+            b'{"device_id":"d","timestamp":1,"temperature":Infinity}',
+            "Infinity is not a JSON number",
+        ),
         (b'{"device_id":"d", "temperature": 2', "not valid JSON"),
     ],
 )
@@ -163,7 +166,9 @@ def test_further_numeric_fields_are_kept_and_text_fields_ignored() -> None:
 
 def test_a_rules_file_can_bound_further_fields(tmp_path: Path) -> None:
     rules_file = tmp_path / "rules.yaml"
-    rules_file.write_text("required: [device_id, timestamp, humidity]\nranges:\n  co2: {min: 0, max: 5000}\n")
+    rules_file.write_text(
+        "required: [device_id, timestamp, humidity]\nranges:\n  co2: {min: 0, max: 5000}\n"
+    )
     rules = load_rules(rules_file)
     assert rules.ranges == {"co2": Range(0.0, 5000.0)}
     with pytest.raises(RuleViolation) as caught:
