@@ -1,0 +1,52 @@
+# syntax=docker/dockerfile:1
+# One image for every stage of the sensor pipeline and for the setup step; the command picks
+# which one runs (docker-compose.yml, deploy/k8s/):
+#   python -m services.ingest | services.validate | services.enrich | services.store
+#   python -m tools.setup        (create the Kafka topics, apply the migrations; idempotent)
+#
+#   docker build -t sensor-pipeline:dev .
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# --- build: install the project and its dependencies into a virtualenv -------------------------
+FROM ${PYTHON_IMAGE} AS build
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+# README.m[d]: the readme of pyproject.toml, copied when present (a glob may match nothing).
+COPY pyproject.toml README.m[d] ./
+COPY libs ./libs
+COPY services ./services
+COPY tools ./tools
+RUN pip install .
+
+# --- runtime -----------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE}
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HTTP_HOST=0.0.0.0
+
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --no-create-home --home-dir /app \
+        --shell /usr/sbin/nologin app
+
+COPY --from=build /opt/venv /opt/venv
+
+# The code, the migrations (libs/common/migrations) and the default rules are package data of
+# the installed project in /opt/venv, read-only for the user that runs it.
+WORKDIR /app
+USER 10001:10001
+
+# ingest (HTTP API), validate, enrich, store: /healthz, /readyz, /metrics
+EXPOSE 8080 8081 8082 8083
+
+# exec form: python is PID 1 and gets SIGTERM itself (graceful shutdown).
+CMD ["python", "-m", "services.ingest"]

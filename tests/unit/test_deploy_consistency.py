@@ -1,0 +1,653 @@
+"""The deployment files agree with the code and with the local stack.
+
+docker-compose.yml, deploy/k8s/, the Dockerfile and deploy/mosquitto/mosquitto.conf are parsed
+(nothing is run) and compared with the settings classes: every environment variable they set
+is a field of the settings class of the process it reaches, ports and probes are the settings'
+defaults and those of ARCHITECTURE.md, topic names and consumer groups are the defaults, and
+nothing is published beyond 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import SplitResult, urlsplit
+
+import pytest
+import yaml
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings
+
+from libs.common.settings import DEFAULT_DATABASE_URL, PipelineSettings
+from services.enrich.settings import EnrichSettings
+from services.ingest.settings import IngestSettings
+from services.store.settings import StoreSettings
+from services.validate.settings import ValidateSettings
+from tools.setup import SetupSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+K8S_DIR = ROOT / "deploy" / "k8s"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
+
+# ARCHITECTURE.md, "Start-up": where the local stack and each stage listen.
+ARCHITECTURE_PORTS = {
+    "kafka": 9092,
+    "mosquitto": 1883,
+    "timescaledb": 5432,
+    "ingest": 8080,
+    "validate": 8081,
+    "enrich": 8082,
+    "store": 8083,
+}
+LOCALHOST = "127.0.0.1"
+
+STAGES: dict[str, type[PipelineSettings]] = {
+    "ingest": IngestSettings,
+    "validate": ValidateSettings,
+    "enrich": EnrichSettings,
+    "store": StoreSettings,
+}
+CONSUMER_STAGES = ("validate", "enrich", "store")
+TOPIC_VARS = ("TOPIC_RAW", "TOPIC_VALIDATED", "TOPIC_ENRICHED", "TOPIC_DLQ")
+
+
+def _simulator_settings() -> type[BaseSettings]:
+    """The settings class of tools.simulate once it exists; until then ingest's (same broker)."""
+    if importlib.util.find_spec("tools.simulate") is not None:
+        module = importlib.import_module("tools.simulate")
+        own = [
+            value
+            for value in vars(module).values()
+            if isinstance(value, type)
+            and issubclass(value, BaseSettings)
+            and value.__module__ == module.__name__
+        ]
+        if len(own) == 1:
+            return own[0]
+    return IngestSettings
+
+
+# The settings class of the process each compose service / k8s workload starts.
+SETTINGS_OF: dict[str, type[BaseSettings]] = {
+    **STAGES,
+    "setup": SetupSettings,
+    "simulator": _simulator_settings(),
+}
+MODULE_OF = {
+    **{name: f"services.{name}" for name in STAGES},
+    "setup": "tools.setup",
+    "simulator": "tools.simulate",
+}
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def env_names(settings: type[BaseSettings]) -> set[str]:
+    prefix = str(settings.model_config.get("env_prefix") or "")
+    return {(prefix + name).upper() for name in settings.model_fields}
+
+
+def unknown_env_vars(names: set[str] | list[str], settings: type[BaseSettings]) -> list[str]:
+    """The names no field of `settings` reads (a typo, or a variable meant for another stage)."""
+    known = env_names(settings)
+    return sorted(name for name in names if name.upper() not in known)
+
+
+def default(settings: type[BaseSettings], field: str) -> Any:
+    value = settings.model_fields[field].default
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+def build_settings(settings: type[BaseSettings], env: dict[str, str]) -> BaseSettings:
+    prefix = str(settings.model_config.get("env_prefix") or "")
+    # model_validate: the values given and the defaults, not the environment of the test run.
+    return settings.model_validate(
+        {name[len(prefix) :].lower(): value for name, value in env.items()}
+    )
+
+
+def as_text(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.strip().rpartition(":")
+    return host, int(port)
+
+
+def duration_s(text: str) -> float:
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(number) * scale[unit] for number, unit in parts)
+
+
+def command_of(value: Any) -> list[str]:
+    return shlex.split(value) if isinstance(value, str) else [str(part) for part in value]
+
+
+# --- docker-compose.yml --------------------------------------------------------------------------
+
+
+@functools.cache
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def compose_service(name: str) -> dict[str, Any]:
+    services = compose()["services"]
+    assert name in services, f"docker-compose.yml has no service {name!r}"
+    service = services[name]
+    assert isinstance(service, dict)
+    return service
+
+
+def compose_env(name: str) -> dict[str, str]:
+    raw = compose_service(name).get("environment") or {}
+    if isinstance(raw, list):
+        raw = dict(item.split("=", 1) for item in raw)
+    return {str(key): as_text(value) for key, value in raw.items()}
+
+
+def published_ports(service: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(host ip, host port, container port) of each published port; host ip "" = all."""
+    ports = []
+    for entry in service.get("ports") or []:
+        if isinstance(entry, dict):
+            ip = str(entry.get("host_ip", ""))
+            ports.append((ip, int(entry["published"]), int(entry["target"])))
+            continue
+        parts = str(entry).split("/")[0].rsplit(":", 2)
+        if len(parts) == 3:
+            ports.append((parts[0].strip("[]"), int(parts[1]), int(parts[2])))
+        elif len(parts) == 2:
+            ports.append(("", int(parts[0]), int(parts[1])))
+        else:
+            ports.append(("", int(parts[0]), int(parts[0])))
+    return ports
+
+
+APP_SERVICES = ("ingest", "validate", "enrich", "store", "setup", "simulator")
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_compose_sets_only_env_vars_the_services_read(name: str) -> None:
+    env = compose_env(name)
+    assert env, f"{name} sets no environment"
+    assert unknown_env_vars(list(env), SETTINGS_OF[name]) == [], name
+
+
+def test_env_var_check_catches_a_misspelled_name() -> None:
+    names = ["KAFKA_BOOTSTRAP_SERVER", "HTTP_PORT", "CONSUMER_GROUP"]
+    assert unknown_env_vars(names, IngestSettings) == ["CONSUMER_GROUP", "KAFKA_BOOTSTRAP_SERVER"]
+    assert unknown_env_vars(["CONSUMER_GROUP"], StoreSettings) == []
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_compose_env_values_are_accepted_by_the_settings_classes(name: str) -> None:
+    env = compose_env(name)
+    settings = build_settings(SETTINGS_OF[name], env)
+    for key, value in env.items():
+        assert as_text(getattr(settings, key.lower())) == value, (name, key)
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_compose_runs_each_service_as_its_python_module(name: str) -> None:
+    service = compose_service(name)
+    assert command_of(service["command"]) == ["python", "-m", MODULE_OF[name]]
+    assert "build" in service, f"{name} is not built from the Dockerfile"
+    assert service["build"]["context"] == "."
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_compose_publishes_each_stage_on_its_default_http_port(name: str) -> None:
+    port = default(STAGES[name], "http_port")
+    assert port == ARCHITECTURE_PORTS[name]
+    assert published_ports(compose_service(name)) == [(LOCALHOST, port, port)]
+    env = compose_env(name)
+    assert env["HTTP_PORT"] == str(port)
+    assert env["HTTP_HOST"] == "0.0.0.0"
+
+
+def test_compose_publishes_the_infrastructure_where_the_default_settings_look() -> None:
+    kafka_host, kafka_port = host_port(default(PipelineSettings, "kafka_bootstrap_servers"))
+    mqtt = urlsplit(default(IngestSettings, "mqtt_url"))
+    database = urlsplit(DEFAULT_DATABASE_URL)
+    defaults = {
+        "kafka": (kafka_host, kafka_port),
+        "mosquitto": (mqtt.hostname, mqtt.port),
+        "timescaledb": (database.hostname, database.port),
+    }
+    for name, (host, port) in defaults.items():
+        assert (host, port) == (LOCALHOST, ARCHITECTURE_PORTS[name]), name
+        assert published_ports(compose_service(name)) == [(LOCALHOST, port, port)], name
+
+
+def test_compose_binds_every_published_port_to_localhost() -> None:
+    ports = [
+        (name, port)
+        for name, service in compose()["services"].items()
+        for port in published_ports(service)
+    ]
+    assert len(ports) == len(ARCHITECTURE_PORTS)
+    assert [(name, ip) for name, (ip, _, _) in ports if ip != LOCALHOST] == []
+    assert sorted(host for _, (_, host, _) in ports) == sorted(ARCHITECTURE_PORTS.values())
+
+
+def test_compose_topic_names_and_consumer_groups_match_the_settings_defaults() -> None:
+    checked = 0
+    for name in APP_SERVICES:
+        env, settings = compose_env(name), SETTINGS_OF[name]
+        for key in (*TOPIC_VARS, "CONSUMER_GROUP"):
+            if key in env:
+                assert env[key] == default(settings, key.lower()), (name, key)
+                checked += 1
+    for name in CONSUMER_STAGES:
+        assert compose_env(name)["CONSUMER_GROUP"] == name
+    assert checked >= len(TOPIC_VARS) * len(STAGES)
+
+
+def test_compose_database_matches_the_default_database_url() -> None:
+    url = urlsplit(DEFAULT_DATABASE_URL)
+    db = compose_env("timescaledb")
+    assert db["POSTGRES_USER"] == url.username
+    assert db["POSTGRES_PASSWORD"] == url.password
+    assert db["POSTGRES_DB"] == url.path.lstrip("/")
+    users = [name for name in APP_SERVICES if "DATABASE_URL" in compose_env(name)]
+    assert {"setup", "enrich", "store"} <= set(users)
+    for name in users:
+        used = urlsplit(compose_env(name)["DATABASE_URL"])
+        assert (used.scheme, used.username, used.password, used.path) == (
+            url.scheme,
+            url.username,
+            url.password,
+            url.path,
+        ), name
+        assert (used.hostname, used.port) == ("timescaledb", url.port), name
+
+
+def _advertised_listeners() -> dict[str, str]:
+    listeners = compose_env("kafka")["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    return dict(item.split("://", 1) for item in listeners)
+
+
+def test_compose_kafka_advertises_one_listener_to_containers_and_one_to_the_host() -> None:
+    advertised = _advertised_listeners()
+    default_servers = default(PipelineSettings, "kafka_bootstrap_servers")
+    assert default_servers in advertised.values(), "the host listener is not the default address"
+    internal = {address for address in advertised.values() if address != default_servers}
+    assert internal and all(host_port(a)[0] == "kafka" for a in internal)
+    for name in APP_SERVICES:
+        servers = compose_env(name).get("KAFKA_BOOTSTRAP_SERVERS")
+        if servers is not None:
+            assert set(servers.split(",")) <= internal, name
+    for name in (*STAGES, "setup"):
+        assert "KAFKA_BOOTSTRAP_SERVERS" in compose_env(name), name
+    listeners = compose_env("kafka")["KAFKA_LISTENERS"]
+    assert f":{ARCHITECTURE_PORTS['kafka']}" in listeners
+
+
+def test_compose_ingest_reaches_mosquitto_by_service_name_on_the_configured_listener() -> None:
+    mqtt = urlsplit(compose_env("ingest")["MQTT_URL"])
+    assert mqtt.hostname == "mosquitto"
+    assert mqtt.port == mosquitto_listener_port() == ARCHITECTURE_PORTS["mosquitto"]
+    mounts = [str(volume) for volume in compose_service("mosquitto")["volumes"]]
+    assert any(
+        m.startswith("./deploy/mosquitto/mosquitto.conf:/mosquitto/config/mosquitto.conf")
+        for m in mounts
+    )
+
+
+def test_compose_starts_stages_only_after_setup_succeeded_on_healthy_infrastructure() -> None:
+    for name in STAGES:
+        depends = compose_service(name)["depends_on"]
+        assert depends["setup"]["condition"] == "service_completed_successfully", name
+    assert compose_service("ingest")["depends_on"]["mosquitto"]["condition"] == "service_healthy"
+    setup = compose_service("setup")
+    assert setup["restart"] == "no"
+    for name in ("kafka", "timescaledb"):
+        assert setup["depends_on"][name]["condition"] == "service_healthy"
+    for name in ("kafka", "mosquitto", "timescaledb"):
+        test = compose_service(name)["healthcheck"]["test"]
+        assert test and test[0] in {"CMD", "CMD-SHELL"}, name
+    assert compose_service("simulator")["profiles"] == ["demo"]
+
+
+def test_compose_healthchecks_probe_the_stages_readiness_on_their_port() -> None:
+    for name in STAGES:
+        check = " ".join(compose_service(name)["healthcheck"]["test"])
+        assert "/readyz" in check and "HTTP_PORT" in check, name
+    pg_isready = compose_service("timescaledb")["healthcheck"]["test"]
+    url = urlsplit(DEFAULT_DATABASE_URL)
+    assert pg_isready[pg_isready.index("-U") + 1] == url.username
+    assert pg_isready[pg_isready.index("-d") + 1] == url.path.lstrip("/")
+
+
+def test_compose_gives_stages_longer_to_stop_than_their_shutdown_timeout() -> None:
+    for name in STAGES:
+        grace = duration_s(str(compose_service(name)["stop_grace_period"]))
+        assert grace > default(STAGES[name], "shutdown_timeout_s"), name
+
+
+# --- deploy/mosquitto/mosquitto.conf -------------------------------------------------------------
+
+
+def mosquitto_options() -> dict[str, str]:
+    options: dict[str, str] = {}
+    for line in MOSQUITTO_CONF.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            options.setdefault(key, value.strip())
+    return options
+
+
+def mosquitto_listener_port() -> int:
+    return int(mosquitto_options()["listener"].split()[0])
+
+
+def test_mosquitto_conf_listens_where_ingest_connects_and_keeps_sessions() -> None:
+    options = mosquitto_options()
+    default_mqtt = urlsplit(default(IngestSettings, "mqtt_url"))
+    assert mosquitto_listener_port() == default_mqtt.port == ARCHITECTURE_PORTS["mosquitto"]
+    assert options["allow_anonymous"] == "true"
+    assert options["persistence"] == "true"
+    assert options["persistence_location"].startswith("/mosquitto/data")
+
+
+# --- Dockerfile ----------------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    instructions = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            instructions.append((keyword.upper(), rest.strip()))
+    return instructions
+
+
+def test_dockerfile_installs_the_project_on_python_311_slim_and_runs_as_non_root() -> None:
+    instructions = dockerfile_instructions()
+    args = dict(
+        rest.split("=", 1) for keyword, rest in instructions if keyword == "ARG" and "=" in rest
+    )
+
+    def expand(match: re.Match[str]) -> str:
+        return args[match.group(1)]
+
+    bases = [
+        re.sub(r"\$\{(\w+)\}", expand, rest.split()[0])
+        for keyword, rest in instructions
+        if keyword == "FROM"
+    ]
+    assert bases and set(bases) == {"python:3.11-slim"}
+    assert any(k == "RUN" and re.search(r"pip install \.(\s|$)", r) for k, r in instructions)
+    final = instructions[max(i for i, (k, _) in enumerate(instructions) if k == "FROM") :]
+    users = [rest for keyword, rest in final if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}
+    assert [rest for keyword, rest in final if keyword == "WORKDIR"][-1] == "/app"
+    cmd = [rest for keyword, rest in final if keyword == "CMD"]
+    assert len(cmd) == 1 and yaml.safe_load(cmd[0])[:2] == ["python", "-m"]
+    assert yaml.safe_load(cmd[0])[2] in MODULE_OF.values()
+
+
+def test_the_installed_package_carries_the_migrations_the_image_runs() -> None:
+    from libs.common.db import MIGRATIONS_DIR, migration_files
+
+    # The image installs the project with pip and copies no source: the migrations must be
+    # package data inside libs.common, which pyproject's package-data globs ship.
+    assert MIGRATIONS_DIR == ROOT / "libs" / "common" / "migrations"
+    assert migration_files()
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]
+    assert "*.sql" in package_data["*"]
+    ignored = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()}
+    assert not ignored & {"libs", "services", "tools", "pyproject.toml"}
+
+
+# --- deploy/k8s ----------------------------------------------------------------------------------
+
+
+@functools.cache
+def k8s_documents() -> tuple[dict[str, Any], ...]:
+    docs = []
+    for path in sorted(K8S_DIR.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is not None:
+                assert isinstance(doc, dict), path.name
+                docs.append({**doc, "_file": path.name})
+    return tuple(docs)
+
+
+def k8s(kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for doc in k8s_documents() if doc["kind"] == kind}
+
+
+def pod_spec(name: str, kind: str = "Deployment") -> dict[str, Any]:
+    objects = k8s(kind)
+    assert name in objects, f"deploy/k8s has no {kind} {name!r}"
+    spec = objects[name]["spec"]["template"]["spec"]
+    assert isinstance(spec, dict)
+    return spec
+
+
+def container(name: str, kind: str = "Deployment") -> dict[str, Any]:
+    containers = pod_spec(name, kind)["containers"]
+    assert len(containers) == 1, name
+    only = containers[0]
+    assert isinstance(only, dict)
+    return only
+
+
+def k8s_env(name: str, kind: str = "Deployment") -> dict[str, str | None]:
+    """Every variable the container gets, with its value (None: from the downward API)."""
+    configmaps = {n: doc.get("data", {}) for n, doc in k8s("ConfigMap").items()}
+    secrets = {n: doc.get("stringData", {}) for n, doc in k8s("Secret").items()}
+    env: dict[str, str | None] = {}
+    for source in container(name, kind).get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(configmaps[source["configMapRef"]["name"]])
+        if "secretRef" in source:
+            env.update(secrets[source["secretRef"]["name"]])
+    for var in container(name, kind).get("env", []):
+        ref = var.get("valueFrom", {})
+        if "value" in var:
+            env[var["name"]] = str(var["value"])
+        elif "configMapKeyRef" in ref:
+            env[var["name"]] = configmaps[ref["configMapKeyRef"]["name"]][
+                ref["configMapKeyRef"]["key"]
+            ]
+        elif "secretKeyRef" in ref:
+            env[var["name"]] = secrets[ref["secretKeyRef"]["name"]][ref["secretKeyRef"]["key"]]
+        else:
+            env[var["name"]] = None
+    return env
+
+
+K8S_WORKLOADS = [(name, "Deployment") for name in STAGES] + [("setup", "Job")]
+
+
+def test_k8s_kustomization_lists_every_manifest_and_each_parses() -> None:
+    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+    manifests = sorted(p.name for p in K8S_DIR.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert sorted(kustomization["resources"]) == manifests
+    for doc in k8s_documents():
+        assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"], doc["_file"]
+    assert {doc["_file"] for doc in k8s_documents()} == set(manifests)
+    assert set(k8s("Deployment")) == set(STAGES)
+    assert set(k8s("Job")) == {"setup"}
+
+
+@pytest.mark.parametrize(("name", "kind"), K8S_WORKLOADS)
+def test_k8s_runs_each_workload_as_its_python_module(name: str, kind: str) -> None:
+    assert container(name, kind)["command"] == ["python", "-m", MODULE_OF[name]]
+    assert container(name, kind)["image"] == "sensor-pipeline"
+
+
+@pytest.mark.parametrize(("name", "kind"), K8S_WORKLOADS)
+def test_k8s_sets_only_env_vars_the_services_read(name: str, kind: str) -> None:
+    env = k8s_env(name, kind)
+    assert env, name
+    assert unknown_env_vars(list(env), SETTINGS_OF[name]) == [], name
+
+
+@pytest.mark.parametrize(("name", "kind"), K8S_WORKLOADS)
+def test_k8s_env_values_are_accepted_by_the_settings_classes(name: str, kind: str) -> None:
+    env = {key: value for key, value in k8s_env(name, kind).items() if value is not None}
+    settings = build_settings(SETTINGS_OF[name], env)
+    for key, value in env.items():
+        assert as_text(getattr(settings, key.lower())) == value, (name, key)
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_k8s_container_ports_and_probes_match_the_settings(name: str) -> None:
+    port = default(STAGES[name], "http_port")
+    assert port == ARCHITECTURE_PORTS[name]
+    spec = container(name)
+    [declared] = spec["ports"]
+    assert declared["containerPort"] == port
+    env = k8s_env(name)
+    assert env["HTTP_PORT"] == str(port)
+    assert env["HTTP_HOST"] == "0.0.0.0"
+    expected_paths = {"livenessProbe": "/healthz", "readinessProbe": "/readyz"}
+    for probe, path in expected_paths.items():
+        get = spec[probe]["httpGet"]
+        assert get["path"] == path, (name, probe)
+        assert get["port"] in (declared["name"], port), (name, probe)
+    annotations = k8s("Deployment")[name]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port)
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_k8s_a_service_routes_to_each_stage_http_port(name: str) -> None:
+    deployment = k8s("Deployment")[name]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    [declared] = container(name)["ports"]
+    matching = [
+        service
+        for service in k8s("Service").values()
+        if service["spec"]["selector"].items() <= labels.items()
+    ]
+    assert len(matching) == 1, name
+    [port] = matching[0]["spec"]["ports"]
+    assert port["port"] == default(STAGES[name], "http_port")
+    assert port["targetPort"] in (declared["name"], declared["containerPort"])
+    if name == "ingest":
+        assert matching[0]["metadata"]["name"] == "ingest"
+
+
+def test_k8s_topic_names_and_consumer_groups_match_the_settings_defaults() -> None:
+    for name, kind in K8S_WORKLOADS:
+        env, settings = k8s_env(name, kind), SETTINGS_OF[name]
+        for key in TOPIC_VARS:
+            assert env[key] == default(settings, key.lower()), (name, key)
+        if "CONSUMER_GROUP" in env:
+            assert env["CONSUMER_GROUP"] == default(settings, "consumer_group"), name
+    for name in CONSUMER_STAGES:
+        assert k8s_env(name)["CONSUMER_GROUP"] == name
+    mqtt_topic = k8s_env("ingest").get("MQTT_TOPIC")
+    assert mqtt_topic in (None, default(IngestSettings, "mqtt_topic"))
+
+
+def test_k8s_ingest_replicas_take_their_mqtt_client_id_from_the_pod_name() -> None:
+    [var] = [v for v in container("ingest")["env"] if v["name"] == "MQTT_CLIENT_ID"]
+    assert var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert "MQTT_CLIENT_ID" not in {
+        key for doc in k8s("ConfigMap").values() for key in doc.get("data", {})
+    }
+
+
+def test_k8s_hpas_scale_the_consumer_stages_on_cpu_within_the_partition_count() -> None:
+    hpas = k8s("HorizontalPodAutoscaler")
+    assert set(hpas) == set(CONSUMER_STAGES)
+    for name, hpa in hpas.items():
+        spec = hpa["spec"]
+        assert spec["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": name,
+        }
+        assert [m["resource"]["name"] for m in spec["metrics"]] == ["cpu"]
+        partitions = int(k8s_env(name)["TOPIC_PARTITIONS"] or 0)
+        assert 1 <= spec["minReplicas"] <= spec["maxReplicas"] <= partitions, name
+        assert container(name)["resources"]["requests"]["cpu"], name
+
+
+@pytest.mark.parametrize(("name", "kind"), K8S_WORKLOADS)
+def test_k8s_pods_have_memory_limits_and_time_to_drain_on_sigterm(name: str, kind: str) -> None:
+    resources = container(name, kind)["resources"]
+    assert resources["limits"]["memory"] == "256Mi"
+    assert resources["requests"]["memory"] and resources["requests"]["cpu"]
+    spec = pod_spec(name, kind)
+    assert spec["terminationGracePeriodSeconds"] == 30
+    pre_stop = container(name, kind).get("lifecycle", {}).get("preStop", {})
+    pause = float(pre_stop["exec"]["command"][-1]) if pre_stop else 0.0
+    assert pause + default(SETTINGS_OF[name], "shutdown_timeout_s") < 30, name
+    assert spec["securityContext"]["runAsNonRoot"] is True
+
+
+def test_k8s_database_secret_uses_the_default_database_credentials() -> None:
+    url = urlsplit(DEFAULT_DATABASE_URL)
+    [secret] = k8s("Secret").values()
+    used = urlsplit(secret["stringData"]["DATABASE_URL"])
+    assert (used.scheme, used.username, used.password, used.path) == (
+        url.scheme,
+        url.username,
+        url.password,
+        url.path,
+    )
+    assert used.port == ARCHITECTURE_PORTS["timescaledb"]
+    readers = {name for name, kind in K8S_WORKLOADS if "DATABASE_URL" in k8s_env(name, kind)}
+    assert readers == {"enrich", "store", "setup"}
+
+
+# --- all deployment files ------------------------------------------------------------------------
+
+
+def deploy_files() -> list[Path]:
+    files = [COMPOSE_FILE, DOCKERFILE, DOCKERIGNORE, MOSQUITTO_CONF, *sorted(K8S_DIR.iterdir())]
+    return [path for path in files if path.is_file()]
+
+
+def _credentials(text: str) -> list[SplitResult]:
+    return [urlsplit(m.group(0)) for m in re.finditer(r"\b[a-z][a-z0-9+.-]*://[^\s\"']+@\S+", text)]
+
+
+def test_deploy_files_hold_no_machine_paths_and_only_the_throwaway_credentials() -> None:
+    url = urlsplit(DEFAULT_DATABASE_URL)
+    machine_path = re.compile(r"(/home/|/Users/|/work/|/root/|/tmp/|[A-Za-z]:\\\\)")
+    found = 0
+    for path in deploy_files():
+        text = path.read_text()
+        assert not machine_path.search(text), path.name
+        for used in _credentials(text):
+            assert (used.username, used.password) == (url.username, url.password), path.name
+            found += 1
+        for match in re.finditer(r"PASSWORD\w*\s*[:=]\s*\"?([^\s\"]+)", text):
+            assert match.group(1) == url.password, path.name
+            found += 1
+    assert found >= 5
