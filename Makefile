@@ -4,14 +4,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv up down status setup test lint unit
+.PHONY: venv up down status setup lint unit test run
 
 $(STAMP): pyproject.toml
-	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	@test -x $(PY) || python3.11 -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
+## The virtual environment in .venv with the project and its test tools.
 venv: $(STAMP)
 
 ## Install (once, cached) and start Kafka, Mosquitto and PostgreSQL+TimescaleDB as local processes.
@@ -24,3 +25,24 @@ down:
 
 status:
 	bash deploy/local/stack.sh status
+
+## Create the Kafka topics and apply the database migrations (idempotent).
+setup: venv up
+	$(PY) -m tools.setup
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+
+## Unit tests only: no servers needed.
+unit: venv
+	$(PY) -m pytest tests/unit
+
+## Everything: set-up on a fresh machine, lint, type checks, unit, integration and e2e tests.
+test: venv up setup lint
+	$(PY) -m pytest
+
+## The whole pipeline with a simulated fleet and a live view; Ctrl-C stops it.
+run: venv up setup
+	$(PY) -m tools.run

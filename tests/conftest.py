@@ -8,6 +8,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -16,6 +17,7 @@ from libs.common.db import connect, migrate
 from libs.common.kafka import ensure_topics
 from libs.common.settings import DEFAULT_DATABASE_URL, PipelineSettings
 
+S = TypeVar("S", bound=PipelineSettings)
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 MQTT_HOST, MQTT_PORT = "127.0.0.1", int(os.environ.get("MQTT_PORT", "1883"))
 DATABASE_URL = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
@@ -84,8 +86,13 @@ class Names:
             "DATABASE_SCHEMA": self.schema,
         }
 
-    def settings(self, **overrides: object) -> dict[str, object]:
-        return {k.lower(): v for k, v in self.env().items()} | overrides
+    def settings(self, **overrides: Any) -> PipelineSettings:
+        return self.settings_of(PipelineSettings, **overrides)
+
+    def settings_of(self, cls: type[S], **overrides: Any) -> S:
+        """Settings of class `cls` that point at these names (plus `overrides`)."""
+        values: dict[str, Any] = {k.lower(): v for k, v in self.env().items()} | overrides
+        return cls(**values)
 
 
 @pytest.fixture
@@ -95,7 +102,7 @@ def names() -> Names:
 
 @pytest.fixture
 async def topics(stack: None, names: Names) -> Names:
-    settings = PipelineSettings(**names.settings(topic_partitions=3))  # type: ignore[arg-type]
+    settings = names.settings(topic_partitions=3)
     created = await ensure_topics(settings)
     assert len(created) == 4
     return names
@@ -103,7 +110,7 @@ async def topics(stack: None, names: Names) -> Names:
 
 @pytest.fixture
 async def schema(stack: None, names: Names) -> AsyncIterator[str]:
-    settings = PipelineSettings(**names.settings())  # type: ignore[arg-type]
+    settings = names.settings()
     conn = await connect(settings)
     try:
         await migrate(conn, names.schema)

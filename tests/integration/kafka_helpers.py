@@ -11,8 +11,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from tests.conftest import KAFKA
 
 
-async def produce(topic: str, values: Sequence[bytes], key: bytes | None = b"dev-1",
-                  headers: list[tuple[str, bytes]] | None = None) -> None:
+async def produce(
+    topic: str,
+    values: Sequence[bytes],
+    key: bytes | None = b"dev-1",
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA, acks="all")
     await producer.start()
     try:
@@ -26,8 +30,11 @@ async def produce(topic: str, values: Sequence[bytes], key: bytes | None = b"dev
 async def read_topic(topic: str, expect: int, timeout_s: float = 30.0) -> list[ConsumerRecord]:
     """Read `topic` from the start until `expect` records arrived (or fail after the timeout)."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=KAFKA, group_id=f"reader-{uuid.uuid4().hex[:8]}",
-        auto_offset_reset="earliest", enable_auto_commit=False,
+        topic,
+        bootstrap_servers=KAFKA,
+        group_id=f"reader-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
     )
     await consumer.start()
     records: list[ConsumerRecord] = []

@@ -9,7 +9,6 @@ import pytest
 
 from libs.common.db import connect, create_pool, migrate
 from libs.common.errors import StorageRejected
-from libs.common.settings import PipelineSettings
 from services.store.writer import prepare_connection, to_row, write_rows
 from tests.conftest import Names
 
@@ -30,7 +29,7 @@ async def test_the_readings_table_is_a_hypertable_on_time_and_device_id(
 
 
 async def test_migrating_twice_changes_nothing(names: Names, schema: str) -> None:
-    conn = await connect(PipelineSettings(**names.settings()))  # type: ignore[arg-type]
+    conn = await connect(names.settings())
     try:
         assert await migrate(conn, schema) == []
     finally:
@@ -57,7 +56,7 @@ def enriched(device: str, minute: int, **fields: object) -> dict[str, object]:
 async def test_writing_the_same_batch_twice_stores_each_reading_once(
     names: Names, db: asyncpg.Connection
 ) -> None:
-    settings = PipelineSettings(**names.settings())  # type: ignore[arg-type]
+    settings = names.settings()
     pool = await create_pool(settings, size=2, init=prepare_connection)
     rows = [to_row(enriched(f"dev-{d}", m)) for d in range(3) for m in range(100)]
     try:
@@ -67,15 +66,16 @@ async def test_writing_the_same_batch_twice_stores_each_reading_once(
     finally:
         await pool.close()
     assert await db.fetchval("SELECT count(*) FROM sensor_readings") == 301
-    row = await db.fetchrow("SELECT * FROM sensor_readings WHERE device_id='dev-1' AND "
-                            "time='2026-11-27T05:07:00Z'")
+    row = await db.fetchrow(
+        "SELECT * FROM sensor_readings WHERE device_id='dev-1' AND time='2026-11-27T05:07:00Z'"
+    )
     assert row["trace_id"] == "trace-dev-1-7" and row["source"] == "mqtt"
     assert row["stored_at"] > row["received_at"]
     assert '"co2"' in row["extra"]
 
 
 async def test_a_row_the_database_refuses_is_a_permanent_error(names: Names, schema: str) -> None:
-    settings = PipelineSettings(**names.settings())  # type: ignore[arg-type]
+    settings = names.settings()
     pool = await create_pool(settings, size=1, init=prepare_connection)
     try:
         with pytest.raises(StorageRejected):

@@ -28,9 +28,17 @@ def step_that_fails_first(failures: int):
         result = StepResult()
         for r in records:
             if r.value == b"bad":
-                result.dead_letters.append(dead_letter(
-                    r.value, stage=Stage.VALIDATE, error_type="NotJson", reasons=["bad"],
-                    topic=r.topic, partition=r.partition, offset=r.offset))
+                result.dead_letters.append(
+                    dead_letter(
+                        r.value,
+                        stage=Stage.VALIDATE,
+                        error_type="NotJson",
+                        reasons=["bad"],
+                        topic=r.topic,
+                        partition=r.partition,
+                        offset=r.offset,
+                    )
+                )
             else:
                 result.outputs.append(Outgoing(r.value.upper(), r.key, r.headers))
         return result
@@ -49,8 +57,9 @@ async def run_until(runner: StageRunner, done: asyncio.Event) -> None:
 async def test_a_batch_is_produced_dead_lettered_and_committed_after_a_transient_failure(
     topics: Names,
 ) -> None:
-    settings = ConsumerSettings(**topics.settings(consumer_group=f"g-{topics.suffix}",
-                                                  service_name="validate"))
+    settings = topics.settings_of(
+        ConsumerSettings, consumer_group=f"g-{topics.suffix}", service_name="validate"
+    )
     values = [b"a", b"bad", b"c", b"d"]
     await produce(topics.raw, values)
     step, calls = step_that_fails_first(failures=2)
@@ -68,7 +77,10 @@ async def test_a_batch_is_produced_dead_lettered_and_committed_after_a_transient
 
     runner = StageRunner(
         RunnerConfig("validate", topics.validated, topics.dlq, backoff_initial_s=0.05),
-        consumer, producer, step, readiness,
+        consumer,
+        producer,
+        step,
+        readiness,
     )
     try:
         watcher = asyncio.create_task(watch())

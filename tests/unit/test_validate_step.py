@@ -16,10 +16,12 @@ NOW = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
 
 
 def record(offset: int, value: bytes, key: bytes | None = b"dev-1") -> ConsumerRecord:
-    headers = [("source", b"http"), ("received_at", NOW.isoformat().encode()),
-               ("trace_id", f"trace-{offset}".encode())]
-    return ConsumerRecord("sensor-data", 0, offset, 0, 0, key, value, None, len(value), 0,
-                          headers)
+    headers = [
+        ("source", b"http"),
+        ("received_at", NOW.isoformat().encode()),
+        ("trace_id", f"trace-{offset}".encode()),
+    ]
+    return ConsumerRecord("sensor-data", 0, offset, 0, 0, key, value, None, len(value), 0, headers)
 
 
 def good(ts: str) -> bytes:
