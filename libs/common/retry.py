@@ -41,7 +41,7 @@ def retrying(
     """An `AsyncRetrying` that retries transient `PipelineError`s until `max_delay_s` passed."""
     return AsyncRetrying(
         retry=retry_if_exception(is_transient),
-        wait=wait_exponential_jitter(initial=initial_s, max=max_wait_s, jitter=initial_s),
+        wait=wait_exponential_jitter(multiplier=initial_s, max=max_wait_s, jitter=initial_s),
         stop=stop_after_delay(max_delay_s),
         before_sleep=_log_before_sleep,
         reraise=True,

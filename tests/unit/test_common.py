@@ -1,0 +1,157 @@
+"""libs/common: settings that refuse unsafe values, the retry policy, JSON logs, health routes."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stderr
+
+import httpx
+import pytest
+import structlog
+from pydantic import ValidationError
+
+from libs.common.errors import (
+    BrokerUnavailable,
+    DatabaseUnavailable,
+    NotJson,
+    PipelineError,
+    RecordError,
+    RuleViolation,
+    TransientError,
+)
+from libs.common.health import Readiness, health_app
+from libs.common.logs import configure_logging
+from libs.common.retry import call_with_retry, is_transient
+from libs.common.settings import PipelineSettings
+from services.ingest.settings import IngestSettings
+
+
+def test_the_defaults_point_at_the_local_stack_of_the_architecture() -> None:
+    settings = PipelineSettings()
+    assert settings.kafka_bootstrap_servers == "127.0.0.1:9092"
+    assert settings.database_url.get_secret_value() == (
+        "postgresql://sensors:sensors@127.0.0.1:5432/sensors"
+    )
+    assert (
+        settings.topic_raw,
+        settings.topic_validated,
+        settings.topic_enriched,
+        settings.topic_dlq,
+    ) == ("sensor-data", "sensor-data-validated", "sensor-data-enriched", "sensor-data-errors")
+    assert "sensors:sensors" not in repr(settings)  # the URL is a secret, never logged
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
+    monkeypatch.setenv("TOPIC_PARTITIONS", "12")
+    settings = PipelineSettings()
+    assert settings.kafka_bootstrap_servers == "kafka-1:9092,kafka-2:9092"
+    assert settings.topic_partitions == 12
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("kafka_bootstrap_servers", "localhost", "is not host:port"),
+        ("database_url", "mysql://x@y/z", "postgresql://"),
+        ("producer_compression", "brotli", "producer_compression must be one of"),
+        ("log_level", "LOUD", "log_level must be"),
+        ("topic_partitions", 0, "greater than or equal to 1"),
+        ("database_schema", "x; DROP TABLE y", "String should match pattern"),
+    ],
+)
+def test_unsafe_settings_stop_start_up_with_a_clear_message(
+    field: str, value: object, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        PipelineSettings(**{field: value})
+
+
+def test_an_mqtt_url_must_be_an_mqtt_url() -> None:
+    with pytest.raises(ValidationError, match="mqtt://host:port"):
+        IngestSettings(mqtt_url="http://127.0.0.1:1883")
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(ValidationError):
+        PipelineSettings().topic_raw = "other"  # type: ignore[misc]
+
+
+def test_errors_say_whether_waiting_can_fix_them() -> None:
+    assert issubclass(BrokerUnavailable, TransientError) and BrokerUnavailable.retriable
+    assert DatabaseUnavailable("x").retriable
+    assert not RuleViolation(["a", "b"]).retriable
+    assert RuleViolation(["a", "b"]).reasons == ["a", "b"]
+    assert NotJson("x").error_type == "NotJson"
+    assert all(issubclass(e, PipelineError) for e in (TransientError, RecordError))
+    assert is_transient(DatabaseUnavailable("x")) and not is_transient(ValueError("x"))
+
+
+async def test_transient_errors_are_retried_until_the_call_succeeds() -> None:
+    calls: list[int] = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise DatabaseUnavailable("not yet")
+        return "ok"
+
+    assert await call_with_retry(flaky, max_delay_s=10, max_wait_s=0.01) == "ok"
+    assert len(calls) == 3
+
+
+async def test_permanent_errors_are_not_retried() -> None:
+    calls: list[int] = []
+
+    async def wrong() -> None:
+        calls.append(1)
+        raise RuleViolation("temperature out of range: 150.0")
+
+    with pytest.raises(RuleViolation):
+        await call_with_retry(wrong, max_delay_s=10, max_wait_s=0.01)
+    assert len(calls) == 1
+
+
+async def test_retries_stop_after_the_time_budget_with_the_last_error() -> None:
+    async def away() -> None:
+        raise BrokerUnavailable("still away")
+
+    with pytest.raises(BrokerUnavailable, match="still away"):
+        await call_with_retry(away, max_delay_s=0.05, max_wait_s=0.01)
+
+
+def test_logs_are_one_json_object_a_line_with_the_service_name() -> None:
+    stream = io.StringIO()
+    with redirect_stderr(stream):
+        configure_logging("validate", "INFO")
+        structlog.get_logger("t").info("batch done", topic="sensor-data", partition=2, offset=7)
+        structlog.get_logger("t").debug("not shown at INFO")
+    structlog.reset_defaults()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(lines) == 1
+    assert lines[0] | {"timestamp": None} == {
+        "event": "batch done",
+        "topic": "sensor-data",
+        "partition": 2,
+        "offset": 7,
+        "service": "validate",
+        "level": "info",
+        "timestamp": None,
+    }
+
+
+async def test_readyz_answers_503_until_everything_needed_is_connected() -> None:
+    readiness = Readiness("store", "kafka", "database")
+    transport = httpx.ASGITransport(app=health_app(readiness))
+    async with httpx.AsyncClient(transport=transport, base_url="http://store") as client:
+        assert (await client.get("/healthz")).status_code == 200
+        first = await client.get("/readyz")
+        assert first.status_code == 503
+        assert first.json() == {"ready": False, "checks": {"kafka": False, "database": False}}
+        readiness.set("kafka", True)
+        readiness.set("database", True)
+        assert (await client.get("/readyz")).status_code == 200
+        metrics = (await client.get("/metrics")).text
+        assert 'pipeline_ready{stage="store"} 1.0' in metrics
+        assert "process_resident_memory_bytes" in metrics
