@@ -158,6 +158,7 @@ async def test_a_known_mix_ends_as_exactly_the_valid_unique_rows_and_the_bad_in_
             .isoformat(),
         )
         third = await http.post(f"{ingest}/v1/readings", content=orjson.dumps(same_instant))
+        too_large = await http.post(f"{ingest}/v1/readings", content=b" " * (10 * 1024 * 1024 + 1))
     assert first.status_code == 202 and first.json()["accepted"] == 3
     assert first.json()["rejected"] == [
         {
@@ -169,6 +170,7 @@ async def test_a_known_mix_ends_as_exactly_the_valid_unique_rows_and_the_bad_in_
     assert second.status_code == 202 and second.json()["accepted"] == 2
     assert [r["error_type"] for r in second.json()["rejected"]] == ["NotJson"]
     assert third.status_code == 202
+    assert too_large.status_code == 413 and "larger than" in too_large.json()["error"]
 
     expected_rows = 8
     async with asyncio.timeout(60):
