@@ -65,7 +65,7 @@ def test_unsafe_settings_stop_start_up_with_a_clear_message(
     field: str, value: object, message: str
 ) -> None:
     with pytest.raises(ValidationError, match=message):
-        PipelineSettings(**{field: value})
+        PipelineSettings.model_validate({field: value})
 
 
 def test_an_mqtt_url_must_be_an_mqtt_url() -> None:
