@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -21,6 +22,7 @@ S = TypeVar("S", bound=PipelineSettings)
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 MQTT_HOST, MQTT_PORT = "127.0.0.1", int(os.environ.get("MQTT_PORT", "1883"))
 DATABASE_URL = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+PG = urlsplit(DATABASE_URL)
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -40,7 +42,7 @@ def stack() -> None:
         for name, h, p in (
             ("Kafka", host, int(port)),
             ("Mosquitto", MQTT_HOST, MQTT_PORT),
-            ("PostgreSQL", "127.0.0.1", 5432),
+            ("PostgreSQL", PG.hostname or "127.0.0.1", PG.port or 5432),
         )
         if not _reachable(h, p)
     ]
