@@ -2,7 +2,11 @@
 
 A stage supplies a `Step`: an async function from a batch of consumer records to a
 `StepResult` (records for the next topic, dead letters, duplicates dropped). The runner owns
-polling, delivery, committing and transient-failure handling, so no stage re-implements them.
+polling, delivery, committing and failure handling, so no stage re-implements them.
+
+Each batch's outputs, dead letters and consumer offsets go to Kafka in one transaction: a stage
+killed at any moment leaves either all of a batch's effects or none (downstream consumers read
+committed records only), so the next owner of the partition redoes exactly the unfinished work.
 """
 
 from __future__ import annotations
@@ -16,15 +20,18 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import KafkaError
 
 from libs.common import metrics
-from libs.common.errors import PipelineError
+from libs.common.errors import BrokerUnavailable, PipelineError
 from libs.common.health import Readiness
-from libs.common.kafka import Outgoing, encode_json, produce_all
+from libs.common.kafka import Outgoing, encode_json
 from libs.common.lifecycle import sleep_or_stop
+from libs.common.models import Stage, dead_letter
 
 log = structlog.get_logger(__name__)
+
+Batches = dict[TopicPartition, list[ConsumerRecord]]
 
 
 @dataclass(slots=True)
@@ -32,8 +39,8 @@ class StepResult:
     outputs: list[Outgoing] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     duplicates: int = 0
-    # Called once the outputs and dead letters are acknowledged, before the offsets are
-    # committed: state such as "seen these keys" must not change for a batch that is retried.
+    # Called once the batch's transaction committed: state such as "seen these keys" must not
+    # change for a batch that is retried.
     on_success: Callable[[], None] | None = None
 
 
@@ -45,12 +52,16 @@ class RunnerConfig:
     stage: str
     output_topic: str | None
     dlq_topic: str
+    group_id: str
     max_records: int = 2000
     poll_timeout_ms: int = 200
     # Keep polling until this many records or this long has passed: store wants big batches.
     batch_max_wait_ms: int = 0
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 10.0
+    # A batch failing this many times for a reason that is not an outage is searched for the
+    # record(s) that cause it; those go to the DLQ and the rest pass (a poison message).
+    poison_attempts: int = 3
 
 
 class StageRunner:
@@ -67,7 +78,9 @@ class StageRunner:
         self.producer = producer
         self.step = step
         self.readiness = readiness
-        self._failures = 0
+        self._outages = 0
+        # (first offsets of the failing batch, attempts so far) for poison detection.
+        self._failing: tuple[dict[TopicPartition, int], int] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process batches until `stop` is set; the batch in hand is finished and committed."""
@@ -80,22 +93,24 @@ class StageRunner:
             records = [r for rs in batches.values() for r in rs]
             started = time.perf_counter()
             try:
-                await self._process(records)
+                result = await self._run_step(batches, records)
+                await self._commit(batches, result)
             except PipelineError as error:
                 if not error.retriable:
                     raise
                 await self._rewind(batches, error, stop)
                 continue
-            await self._commit(batches)
-            self._failures = 0
+            self._outages = 0
+            self._failing = None
             self.readiness.set("pipeline", True)
+            self._count(records, result)
             metrics.PROCESSING_SECONDS.labels(stage).observe(time.perf_counter() - started)
             metrics.BATCH_SIZE.labels(stage).observe(len(records))
             self._record_lag(batches)
 
-    async def _poll(self, stop: asyncio.Event) -> dict[TopicPartition, list[ConsumerRecord]]:
+    async def _poll(self, stop: asyncio.Event) -> Batches:
         cfg = self.config
-        batches: dict[TopicPartition, list[ConsumerRecord]] = {}
+        batches: Batches = {}
         count = 0
         deadline = time.monotonic() + cfg.batch_max_wait_ms / 1000
         while True:
@@ -110,76 +125,152 @@ class StageRunner:
             if not fetched and not batches:
                 return batches
 
-    async def _process(self, records: list[ConsumerRecord]) -> None:
-        stage = self.config.stage
-        metrics.MESSAGES_IN.labels(stage).inc(len(records))
-        result = await self.step(records)
-        if result.outputs and self.config.output_topic:
-            await produce_all(self.producer, self.config.output_topic, result.outputs)
-        if result.dead_letters:
-            await produce_all(
-                self.producer,
-                self.config.dlq_topic,
-                [Outgoing(encode_json(d), _key(d)) for d in result.dead_letters],
-            )
-            for d in result.dead_letters:
-                metrics.DLQ_RECORDS.labels(stage, d["error_type"]).inc()
-        if result.on_success is not None:
-            result.on_success()
-        if result.duplicates:
-            metrics.DUPLICATES.labels(stage).inc(result.duplicates)
-        metrics.MESSAGES_OUT.labels(stage).inc(
-            len(result.outputs)
-            if self.config.output_topic
-            else len(records) - len(result.dead_letters)
+    async def _run_step(self, batches: Batches, records: list[ConsumerRecord]) -> StepResult:
+        try:
+            return await self.step(records)
+        except PipelineError as error:
+            if error.retriable:
+                raise
+            failure: Exception = error
+        except Exception as error:  # noqa: BLE001 - a bug or a poison record, handled below
+            failure = error
+        starts = {tp: rs[0].offset for tp, rs in batches.items()}
+        attempts = self._failing[1] + 1 if self._failing and self._failing[0] == starts else 1
+        self._failing = (starts, attempts)
+        metrics.ERRORS.labels(self.config.stage, type(failure).__name__).inc()
+        if attempts < self.config.poison_attempts:
+            log.warning("step failed, will retry the batch", error=repr(failure), attempt=attempts)
+            raise _StepFailed(repr(failure)) from failure
+        log.error(
+            "step keeps failing: isolating the records that cause it",
+            error=repr(failure),
+            attempts=attempts,
+            records=len(records),
+        )
+        return await self._isolate(records, attempts)
+
+    async def _isolate(self, records: list[ConsumerRecord], attempts: int) -> StepResult:
+        # One record at a time: the ones that still fail are dead-lettered with their attempts,
+        # the others pass, so one poison record never blocks its partition.
+        merged = StepResult()
+        callbacks: list[Callable[[], None]] = []
+        for record in records:
+            try:
+                result = await self.step([record])
+            except PipelineError as error:
+                if error.retriable:
+                    raise
+                merged.dead_letters.append(self._poison(record, error, attempts))
+                continue
+            except Exception as error:  # noqa: BLE001 - same as above, one record at a time
+                merged.dead_letters.append(self._poison(record, error, attempts))
+                continue
+            merged.outputs.extend(result.outputs)
+            merged.dead_letters.extend(result.dead_letters)
+            merged.duplicates += result.duplicates
+            if result.on_success is not None:
+                callbacks.append(result.on_success)
+
+        def all_succeeded() -> None:
+            for callback in callbacks:
+                callback()
+
+        merged.on_success = all_succeeded
+        return merged
+
+    def _poison(self, record: ConsumerRecord, error: Exception, attempts: int) -> dict[str, Any]:
+        headers = dict(record.headers or ())
+        trace = headers.get("trace_id")
+        return dead_letter(
+            record.value or b"",
+            stage=Stage(self.config.stage),
+            error_type=type(error).__name__,
+            reasons=[f"processing failed {attempts} times: {error!r}"],
+            attempts=attempts,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            trace_id=trace.decode("utf-8", "replace") if trace else None,
+            device_id=record.key.decode("utf-8", "replace") if record.key else None,
         )
 
-    async def _rewind(
-        self,
-        batches: dict[TopicPartition, list[ConsumerRecord]],
-        error: PipelineError,
-        stop: asyncio.Event,
-    ) -> None:
+    async def _commit(self, batches: Batches, result: StepResult) -> None:
+        cfg = self.config
+        offsets = {tp: rs[-1].offset + 1 for tp, rs in batches.items()}
+        try:
+            async with self.producer.transaction():
+                if result.outputs and cfg.output_topic:
+                    await _send(self.producer, cfg.output_topic, result.outputs)
+                if result.dead_letters:
+                    letters = [Outgoing(encode_json(d), _key(d)) for d in result.dead_letters]
+                    await _send(self.producer, cfg.dlq_topic, letters)
+                await self.producer.send_offsets_to_transaction(offsets, cfg.group_id)
+        except KafkaError as error:
+            self.readiness.set("kafka", False)
+            raise BrokerUnavailable(f"transaction of {cfg.stage} failed: {error!r}") from error
+        self.readiness.set("kafka", True)
+        if result.on_success is not None:
+            result.on_success()
+
+    def _count(self, records: list[ConsumerRecord], result: StepResult) -> None:
+        stage = self.config.stage
+        metrics.MESSAGES_IN.labels(stage).inc(len(records))
+        passed = (
+            len(result.outputs)
+            if self.config.output_topic
+            else len(records) - len(result.dead_letters) - result.duplicates
+        )
+        metrics.MESSAGES_OUT.labels(stage).inc(passed)
+        for d in result.dead_letters:
+            metrics.DLQ_RECORDS.labels(stage, d["error_type"]).inc()
+        if result.duplicates:
+            metrics.DUPLICATES.labels(stage).inc(result.duplicates)
+
+    async def _rewind(self, batches: Batches, error: PipelineError, stop: asyncio.Event) -> None:
         # Nothing of this batch is committed: seek back and fetch it again after a pause, so
         # the consumer keeps polling (and stays in its group) while the outage lasts.
-        self._failures += 1
+        self._outages += 1
         self.readiness.set("pipeline", False)
         metrics.RETRIES.labels(self.config.stage, "batch").inc()
-        metrics.ERRORS.labels(self.config.stage, error.error_type).inc()
+        if not isinstance(error, _StepFailed):
+            metrics.ERRORS.labels(self.config.stage, error.error_type).inc()
         for tp, records in batches.items():
             self.consumer.seek(tp, records[0].offset)
         delay = min(
-            self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (self._failures - 1)
+            self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (self._outages - 1)
         )
         delay += random.uniform(0, self.config.backoff_initial_s)
         log.warning(
             "batch failed, will retry",
-            error=repr(error),
+            error=str(error),
             error_type=error.error_type,
-            attempt=self._failures,
+            attempt=self._outages,
             sleep_s=round(delay, 2),
             partitions={f"{tp.topic}[{tp.partition}]": rs[0].offset for tp, rs in batches.items()},
         )
         await sleep_or_stop(stop, delay)
 
-    async def _commit(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        offsets = {tp: rs[-1].offset + 1 for tp, rs in batches.items()}
-        try:
-            await self.consumer.commit(offsets)
-        except CommitFailedError as error:
-            # The group rebalanced while we worked: the new owner re-reads these records, and
-            # the table's unique key makes that harmless.
-            log.warning("commit failed after rebalance", error=repr(error))
-        except KafkaError as error:
-            log.warning("commit failed", error=repr(error))
-
-    def _record_lag(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+    def _record_lag(self, batches: Batches) -> None:
         for tp, records in batches.items():
             highwater = self.consumer.highwater(tp)
             if highwater is not None:
                 metrics.CONSUMER_LAG.labels(self.config.stage, tp.topic, str(tp.partition)).set(
                     max(0, highwater - (records[-1].offset + 1))
                 )
+
+
+class _StepFailed(PipelineError):
+    """The step raised; retried a few times before the batch is searched for poison."""
+
+    retriable = True
+
+
+async def _send(producer: AIOKafkaProducer, topic: str, records: Sequence[Outgoing]) -> None:
+    # Inside a transaction the commit waits for every send; no per-record await needed.
+    for r in records:
+        await producer.send(
+            topic, r.value, key=r.key, headers=list(r.headers) if r.headers else None
+        )
 
 
 def _key(dead_letter: dict[str, Any]) -> bytes | None:

@@ -86,3 +86,12 @@ class ConsumerSettings(PipelineSettings):
     """A stage that consumes a topic with its own consumer group."""
 
     consumer_group: str = "pipeline"
+    # Each replica's Kafka transactions need an id of their own that stays the same when the
+    # replica restarts, so a restart aborts what the killed process left open at once. None:
+    # "<group>-<hostname>-<http_port>", unique per replica on a host and per pod.
+    transactional_id: str | None = None
+    # A transaction left open by a process that died blocks downstream readers of those
+    # partitions until it times out (when no replica with the same id restarts sooner).
+    transaction_timeout_ms: int = Field(default=15_000, ge=1000, le=900_000)
+    # A batch failing this often for a reason that is not an outage is searched for poison.
+    poison_attempts: int = Field(default=3, ge=1, le=100)

@@ -35,6 +35,7 @@ async def read_topic(topic: str, expect: int, timeout_s: float = 30.0) -> list[C
         group_id=f"reader-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        isolation_level="read_committed",
     )
     await consumer.start()
     records: list[ConsumerRecord] = []
@@ -51,8 +52,10 @@ async def read_topic(topic: str, expect: int, timeout_s: float = 30.0) -> list[C
 
 
 async def settle_and_read(topic: str, timeout_s: float = 3.0) -> list[ConsumerRecord]:
-    """Everything currently in `topic` (to prove nothing more than expected arrived)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA, enable_auto_commit=False)
+    """Everything committed in `topic` now (to prove nothing more than expected arrived)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=KAFKA, enable_auto_commit=False, isolation_level="read_committed"
+    )
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
