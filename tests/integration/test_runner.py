@@ -71,7 +71,7 @@ async def run_stage(
                 raise KafkaTimeoutError("the broker went away mid-transaction (test)")
             await real(offsets, group_id)
 
-        producer.send_offsets_to_transaction = fail_once  # type: ignore[method-assign]
+        producer.send_offsets_to_transaction = fail_once
     readiness = Readiness("validate", "pipeline", "kafka")
     runner = StageRunner(
         RunnerConfig(

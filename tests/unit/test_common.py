@@ -27,7 +27,11 @@ from libs.common.settings import PipelineSettings
 from services.ingest.settings import IngestSettings
 
 
-def test_the_defaults_point_at_the_local_stack_of_the_architecture() -> None:
+def test_the_defaults_point_at_the_local_stack_of_the_architecture(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in PipelineSettings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
     settings = PipelineSettings()
     assert settings.kafka_bootstrap_servers == "127.0.0.1:9092"
     assert settings.database_url.get_secret_value() == (
