@@ -102,7 +102,7 @@ def validate_object(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     for name, value in data.items():
         # Further numeric sensor fields are kept; other unknown fields (text, objects) are
         # metadata this pipeline does not store, and are no reason to reject a reading.
-        if name not in _KNOWN and _is_number_like(value):
+        if name not in _KNOWN and _is_number_like(value) and "\x00" not in name:
             number = _number(name, value, type_errors)
             if number is not None:
                 extra[name] = number
@@ -160,7 +160,11 @@ def _timestamp(
         if parsed.tzinfo is None:
             type_errors.append(f"timestamp has no UTC offset: {value[:64]!r}")
             return None
-        parsed = parsed.astimezone(UTC)
+        try:
+            parsed = parsed.astimezone(UTC)
+        except OverflowError:
+            rule_errors.append(f"timestamp out of range: {value[:64]!r}")
+            return None
     else:
         type_errors.append(f"timestamp must be {_TIME_FORMS}, got {_kind(value)}")
         return None
@@ -198,6 +202,10 @@ def _optional_text(name: str, value: Any, errors: list[str]) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
+        # PostgreSQL text cannot hold NUL; say so here rather than fail at the store.
+        if "\x00" in value:
+            errors.append(f"{name} must not contain NUL characters")
+            return None
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
