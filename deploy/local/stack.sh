@@ -10,12 +10,17 @@
 # Settings (environment, with defaults):
 #   KAFKA_PORT=9092  KAFKA_CONTROLLER_PORT=9093  MQTT_PORT=1883  PG_PORT=5432  PG_MAJOR=15
 #   KAFKA_HEAP_OPTS="-Xmx512m -Xms256m"  STACK_START_TIMEOUT=120 (seconds, per server)
+#   STACK_DIR=<repo>/.stack (the servers' state; downloads and builds stay in .stack/)
 # See deploy/local/README.md.
 set -Eeuo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
-STACK="$ROOT/.stack"
+# Downloads and builds (jars, Maven repository, TimescaleDB source) are cached in .stack/ and
+# shared; the servers' state (configs, data, logs, pids) lives in STACK_DIR, .stack/ unless
+# set: a second stack on other ports (the fault tests run one) keeps its own state.
+CACHE="$ROOT/.stack"
+STACK=${STACK_DIR:-$CACHE}
 LOGS="$STACK/logs"
 RUN="$STACK/run"
 
@@ -34,7 +39,7 @@ DB_USER=sensors
 DB_PASSWORD=sensors
 
 KAFKA_DIR="$STACK/kafka"
-KAFKA_LIBS="$KAFKA_DIR/libs"
+KAFKA_LIBS="$CACHE/kafka/libs"
 KAFKA_CONF="$KAFKA_DIR/server.properties"
 KAFKA_DATA="$KAFKA_DIR/data"
 KAFKA_PID="$RUN/kafka.pid"
@@ -217,7 +222,7 @@ kafka_install() {
     "$LOGS/kafka-maven.log"
   rm -rf "$KAFKA_LIBS"
   mkdir -p "$KAFKA_LIBS"
-  mvn -B -q -f "$SCRIPT_DIR/kafka/pom.xml" -Dmaven.repo.local="$STACK/m2" \
+  mvn -B -q -f "$SCRIPT_DIR/kafka/pom.xml" -Dmaven.repo.local="$CACHE/m2" \
     dependency:copy-dependencies -DoutputDirectory="$KAFKA_LIBS" >"$LOGS/kafka-maven.log" 2>&1
   ls "$KAFKA_LIBS"/kafka_2.13-*.jar >/dev/null 2>&1 || die "no kafka_2.13 jar was resolved"
   cp "$SCRIPT_DIR/kafka/pom.xml" "$KAFKA_LIBS/.complete"
@@ -412,7 +417,7 @@ pg_base() {
   else
     local home
     home=$(getent passwd postgres | cut -d: -f6)
-    echo "${home:-/var/lib/postgresql}/sensor-stack-$(printf '%s' "$ROOT" | md5sum | cut -c1-10)"
+    echo "${home:-/var/lib/postgresql}/sensor-stack-$(printf '%s' "$STACK" | md5sum | cut -c1-10)"
   fi
 }
 
@@ -457,9 +462,9 @@ timescaledb_build() {
   local blog="$LOGS/timescaledb-build.log"
   apt_install cmake gcc make dpkg-dev xz-utils libssl-dev "postgresql-server-dev-$PG_MAJOR"
 
-  local apt_dir="$STACK/apt" mirror keyring=/usr/share/keyrings/debian-archive-keyring.gpg opts=""
+  local apt_dir="$CACHE/apt" mirror keyring=/usr/share/keyrings/debian-archive-keyring.gpg opts=""
   mirror=$(debian_mirror "$(os_codename)")
-  mkdir -p "$apt_dir/sources.list.d" "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$STACK/build"
+  mkdir -p "$apt_dir/sources.list.d" "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$CACHE/build"
   if [[ -f $keyring ]]; then opts="[signed-by=$keyring] "; fi
   echo "deb-src ${opts}$mirror trixie main" >"$apt_dir/sources.list"
   local apt_priv=(-o "Dir::Etc::sourcelist=$apt_dir/sources.list"
@@ -471,12 +476,12 @@ timescaledb_build() {
     apt-get "${apt_priv[@]}" update >>"$blog" 2>&1
   fi
   local src
-  src=$(find "$STACK/build" -maxdepth 2 -path '*/timescaledb-*/CMakeLists.txt' -printf '%h\n' | sort | tail -n 1)
+  src=$(find "$CACHE/build" -maxdepth 2 -path '*/timescaledb-*/CMakeLists.txt' -printf '%h\n' | sort | tail -n 1)
   if [[ -z $src ]]; then
     step "TimescaleDB: fetching the trixie source package (apt-get source timescaledb)" "$blog"
-    (cd "$STACK/build" && apt-get "${apt_priv[@]}" source timescaledb) >>"$blog" 2>&1
-    src=$(find "$STACK/build" -maxdepth 2 -path '*/timescaledb-*/CMakeLists.txt' -printf '%h\n' | sort | tail -n 1)
-    [[ -n $src ]] || die "apt-get source timescaledb gave no source tree in $STACK/build"
+    (cd "$CACHE/build" && apt-get "${apt_priv[@]}" source timescaledb) >>"$blog" 2>&1
+    src=$(find "$CACHE/build" -maxdepth 2 -path '*/timescaledb-*/CMakeLists.txt' -printf '%h\n' | sort | tail -n 1)
+    [[ -n $src ]] || die "apt-get source timescaledb gave no source tree in $CACHE/build"
   fi
   local version
   version=$(sed -n 's/^version = //p' "$src/version.config")
@@ -605,8 +610,8 @@ lock() {
 
 cmd_up() {
   local t0=$SECONDS
-  mkdir -p "$STACK" "$LOGS" "$RUN"
-  chmod 0755 "$STACK"
+  mkdir -p "$CACHE" "$STACK" "$LOGS" "$RUN"
+  chmod 0755 "$CACHE" "$STACK"
   lock
   say "Local stack in $STACK"
   step "checking what is installed" "$LOGS/apt.log"
