@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -83,3 +84,64 @@ def metric_value(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    found = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return found
+
+
+class Chain:
+    """The four stages as processes on one test's topics and schema; each can be killed,
+    stopped and started again on the same port (so its Kafka transactional id is the same)."""
+
+    def __init__(self, suffix: str, env: dict[str, str], log_dir: Path) -> None:
+        self.suffix = suffix
+        self.log_dir = log_dir
+        self.env = env | {
+            "MQTT_TOPIC": f"$share/ingest/t-{suffix}/sensors/+/readings",
+            "MQTT_CLIENT_ID": f"ingest-{suffix}",
+            "CONSUMER_POLL_TIMEOUT_MS": "100",
+            "REGISTRY_REFRESH_S": "1",
+        }
+        self.services: dict[str, Service] = {}
+        self._ports: dict[str, int] = {}
+        self._stages: dict[str, str] = {}
+        self._starts: dict[str, int] = {}
+
+    def mqtt_topic(self, device_id: str) -> str:
+        return f"t-{self.suffix}/sensors/{device_id}/readings"
+
+    def start(self, name: str, stage: str | None = None, **env: str) -> Service:
+        stage = stage or self._stages.get(name, name)
+        port = self._ports.get(name) or free_ports(1)[0]
+        self._ports[name], self._stages[name] = port, stage
+        self._starts[name] = self._starts.get(name, 0) + 1
+        log_name = f"{name}.{self._starts[name]}"
+        service = start(stage, port, self.env | env, self.log_dir, log_name)
+        self.services[name] = service
+        return service
+
+    def start_all(self, names: dict[str, str]) -> None:
+        """Start `names` (name -> stage) and wait until each is ready."""
+        for name, stage in names.items():
+            self.start(name, stage)
+        for name in names:
+            self.services[name].wait_ready()
+
+    def kill(self, name: str) -> None:
+        service = self.services[name]
+        service.process.kill()
+        service.process.wait()
+
+    def stop_all(self, timeout_s: float = 30.0) -> dict[str, int]:
+        return {name: s.terminate(timeout_s) for name, s in self.services.items()}
+
+    @property
+    def ingest_url(self) -> str:
+        return self.services["ingest"].url

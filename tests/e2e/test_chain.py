@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from libs.common.models import DeadLetter, EnrichedReading
 from tests.conftest import MQTT_HOST, MQTT_PORT, Names
-from tests.e2e.processes import Service, metric_value, start
+from tests.e2e.processes import Chain, Service, metric_value
 from tests.integration.kafka_helpers import read_topic, settle_and_read
 
 pytestmark = pytest.mark.e2e
@@ -34,39 +33,23 @@ def f_to_c(f: float) -> float:
     return (f - 32) * 5 / 9
 
 
-def ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    found = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return found
-
-
 @pytest.fixture
 def chain(topics: Names, schema: str, tmp_path: Path) -> Iterator[dict[str, Service]]:
-    ingest_port, v1, v2, enrich_port, store_port = ports(5)
-    env = topics.env() | {
-        "MQTT_TOPIC": f"$share/ingest/t-{topics.suffix}/sensors/+/readings",
-        "MQTT_CLIENT_ID": f"ingest-{topics.suffix}",
-        "CONSUMER_POLL_TIMEOUT_MS": "100",
-        "REGISTRY_REFRESH_S": "1",
-    }
-    services = {
-        "ingest": start("ingest", ingest_port, env, tmp_path),
-        "validate-1": start("validate", v1, env, tmp_path, "validate-1"),
-        "validate-2": start("validate", v2, env, tmp_path, "validate-2"),
-        "enrich": start("enrich", enrich_port, env, tmp_path),
-        "store": start("store", store_port, env, tmp_path),
-    }
+    chain = Chain(topics.suffix, topics.env(), tmp_path)
     try:
-        for service in services.values():
-            service.wait_ready()
-        yield services
+        chain.start_all(
+            {
+                "ingest": "ingest",
+                "validate-1": "validate",
+                "validate-2": "validate",
+                "enrich": "enrich",
+                "store": "store",
+            }
+        )
+        yield chain.services
     finally:
-        codes = {name: s.terminate() for name, s in services.items()}
-        assert codes == dict.fromkeys(services, 0), "every service exits 0 on SIGTERM"
+        codes = chain.stop_all()
+        assert codes == dict.fromkeys(codes, 0), "every service exits 0 on SIGTERM"
 
 
 async def test_a_known_mix_ends_as_exactly_the_valid_unique_rows_and_the_bad_in_the_dlq(
