@@ -10,6 +10,7 @@ import structlog
 
 from libs.common.db import CONNECTION_ERRORS
 from libs.common.errors import DatabaseUnavailable
+from libs.common.health import Readiness
 
 log = structlog.get_logger(__name__)
 
@@ -41,13 +42,17 @@ class DeviceRegistry:
         # Swapped whole, so a lookup never sees a half-loaded registry.
         self._devices = {r["device_id"]: Device(r["model"], r["site"], r["owner"]) for r in rows}
 
-    async def refresh_forever(self, pool: asyncpg.Pool, interval_s: float) -> None:
+    async def refresh_forever(
+        self, pool: asyncpg.Pool, interval_s: float, readiness: Readiness
+    ) -> None:
         """Reload every `interval_s`; while the database is away, keep the last snapshot."""
         while True:
             await asyncio.sleep(interval_s)
             try:
                 await self.load(pool)
             except DatabaseUnavailable as error:
+                readiness.set("database", False)
                 log.warning("registry refresh failed, keeping the last snapshot", error=str(error))
             else:
+                readiness.set("database", True)
                 log.debug("registry refreshed", devices=len(self._devices))

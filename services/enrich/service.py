@@ -60,7 +60,9 @@ async def run(settings: EnrichSettings, stop: asyncio.Event) -> None:
     registry = DeviceRegistry()
     await call_with_retry(lambda: registry.load(pool), STARTUP_WAIT_S)
     readiness.set("database", True)
-    refresher = asyncio.create_task(registry.refresh_forever(pool, settings.registry_refresh_s))
+    refresher = asyncio.create_task(
+        registry.refresh_forever(pool, settings.registry_refresh_s, readiness)
+    )
     step = make_step(registry, settings.geohash_precision)
 
     async def async_step(records: Sequence[ConsumerRecord]) -> StepResult:

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaProducer
 
 from libs.common import metrics
+from libs.common.errors import BrokerUnavailable
+from libs.common.health import Readiness
 from libs.common.kafka import Outgoing, encode_json, produce_all
 from libs.common.models import (
     HEADER_RECEIVED_AT,
@@ -23,17 +25,34 @@ from services.ingest.intake import Rejected
 
 
 class Handover:
-    def __init__(self, producer: AIOKafkaProducer, settings: PipelineSettings) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        settings: PipelineSettings,
+        readiness: Readiness | None = None,
+    ) -> None:
         self.producer = producer
         self.raw_topic = settings.topic_raw
         self.dlq_topic = settings.topic_dlq
+        self.readiness = readiness
 
     async def send(
         self, accepted: Sequence[Outgoing], rejected: Sequence[Rejected], source: Source
     ) -> None:
-        """Return only once Kafka (acks=all) has every record; raises BrokerUnavailable.
+        """Return only once Kafka (acks=all) has every record; raises BrokerUnavailable."""
+        try:
+            await self._send(accepted, rejected, source)
+        except BrokerUnavailable:
+            if self.readiness is not None:
+                self.readiness.set("kafka", False)
+            raise
+        if self.readiness is not None:
+            self.readiness.set("kafka", True)
 
-        Each record gets the lineage headers (source, receive time, a trace id of its own)
+    async def _send(
+        self, accepted: Sequence[Outgoing], rejected: Sequence[Rejected], source: Source
+    ) -> None:
+        """Each record gets the lineage headers (source, receive time, a trace id of its own)
         that follow it to the table.
         """
         stage = Stage.INGEST.value

@@ -7,6 +7,7 @@ covers many readings; each is acknowledged to the broker only after its batch wa
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -99,19 +100,13 @@ class MqttIngest:
                     first.cancel()
                     return
                 batch = [first.result()]
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + self.max_wait_s
-                while len(batch) < self.max_batch:
-                    if len(messages) == 0:
-                        remaining = deadline - loop.time()
-                        if remaining <= 0:
-                            break
-                        try:
-                            batch.append(await asyncio.wait_for(anext(messages), remaining))
-                        except TimeoutError:
-                            break
-                    else:
-                        batch.append(await anext(messages))
+                if len(messages) == 0:
+                    # Give a burst a moment to gather. A sleep, never a receive with a timeout:
+                    # a receive cancelled at the wrong moment drops a message it already took,
+                    # which would then sit unacknowledged in our session.
+                    await asyncio.sleep(self.max_wait_s)
+                while len(batch) < self.max_batch and len(messages) > 0:
+                    batch.append(await anext(messages))
                 await self._hand_over(client, batch, stop)
         finally:
             stopping.cancel()
@@ -133,7 +128,12 @@ class MqttIngest:
             except RecordError as error:
                 rejected.append(Rejected(index, payload, error))
         metrics.MESSAGES_IN.labels(_STAGE).inc(len(batch))
-        await _until_handed_over(lambda: self.handover.send(accepted, rejected, Source.MQTT), stop)
+        send = functools.partial(self.handover.send, accepted, rejected, Source.MQTT)
+        if not await _until_handed_over(send, stop):
+            # Stopping while Kafka is away: unacknowledged, the broker keeps these messages in
+            # our session and sends them again when a replica with our client id connects.
+            log.info("stopping with an MQTT batch not handed over", messages=len(batch))
+            return
         for message in batch:
             if message.qos > 0:
                 client._client.ack(message.mid, message.qos)  # noqa: SLF001
@@ -142,21 +142,24 @@ class MqttIngest:
             metrics.REQUESTS.labels(_STAGE, "mqtt", "rejected").inc(len(rejected))
 
 
-async def _until_handed_over(send: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
-    # Keep trying while Kafka is away: these messages are not acknowledged to the broker, so
-    # giving up would be safe too, but a live connection re-sends nothing until it reconnects.
+async def _until_handed_over(send: Callable[[], Awaitable[None]], stop: asyncio.Event) -> bool:
+    """Keep trying while Kafka is away; False when told to stop before it worked.
+
+    A live MQTT connection gets nothing re-sent until it reconnects, so giving up on the batch
+    here would leave it stuck in our session: waiting is the only good answer.
+    """
     delay = 0.2
     while True:
         try:
             await send()
-            return
+            return True
         except PipelineError as error:
             if not error.retriable:
                 raise
             log.warning("Kafka unavailable, holding MQTT batch", error=str(error), sleep_s=delay)
             await sleep_or_stop(stop, delay)
             if stop.is_set():
-                raise
+                return False
             delay = min(delay * 2, 10.0)
 
 

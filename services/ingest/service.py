@@ -21,7 +21,7 @@ async def run(settings: IngestSettings, stop: asyncio.Event) -> None:
     readiness = Readiness(settings.service_name, *needs)
     async with kafka_producer(settings) as producer:
         readiness.set("kafka", True)
-        handover = Handover(producer, settings)
+        handover = Handover(producer, settings, readiness)
         app = health_app(readiness, ingest_app(handover, settings.max_body_bytes))
         async with serve_http(app, settings.http_host, settings.http_port):
             log.info("accepting readings", http_port=settings.http_port)

@@ -16,8 +16,9 @@ async def produce(
     values: Sequence[bytes],
     key: bytes | None = b"dev-1",
     headers: list[tuple[str, bytes]] | None = None,
+    bootstrap: str = KAFKA,
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=KAFKA, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
         for value in values:
@@ -27,11 +28,13 @@ async def produce(
         await producer.stop()
 
 
-async def read_topic(topic: str, expect: int, timeout_s: float = 30.0) -> list[ConsumerRecord]:
+async def read_topic(
+    topic: str, expect: int, timeout_s: float = 30.0, bootstrap: str = KAFKA
+) -> list[ConsumerRecord]:
     """Read `topic` from the start until `expect` records arrived (or fail after the timeout)."""
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=KAFKA,
+        bootstrap_servers=bootstrap,
         group_id=f"reader-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -51,10 +54,12 @@ async def read_topic(topic: str, expect: int, timeout_s: float = 30.0) -> list[C
     return records
 
 
-async def settle_and_read(topic: str, timeout_s: float = 3.0) -> list[ConsumerRecord]:
+async def settle_and_read(
+    topic: str, timeout_s: float = 3.0, bootstrap: str = KAFKA
+) -> list[ConsumerRecord]:
     """Everything committed in `topic` now (to prove nothing more than expected arrived)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=KAFKA, enable_auto_commit=False, isolation_level="read_committed"
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
     )
     await consumer.start()
     try:

@@ -1,0 +1,153 @@
+"""Fault tests run on a private stack of the same servers (.stack/fault, other ports), so they
+can stop, kill and restart Kafka, PostgreSQL and Mosquitto without disturbing anything else."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from libs.common.db import connect, migrate
+from libs.common.kafka import ensure_topics
+from libs.common.settings import PipelineSettings
+from tests.conftest import Names
+from tests.e2e.processes import REPO_ROOT, Chain
+
+STACK_DIR = REPO_ROOT / ".stack" / "fault"
+FIGURES = STACK_DIR / "figures"
+PORTS = {"KAFKA_PORT": 29092, "KAFKA_CONTROLLER_PORT": 29093, "MQTT_PORT": 21883, "PG_PORT": 25432}
+KAFKA = f"127.0.0.1:{PORTS['KAFKA_PORT']}"
+MQTT_PORT = PORTS["MQTT_PORT"]
+DATABASE_URL = f"postgresql://sensors:sensors@127.0.0.1:{PORTS['PG_PORT']}/sensors"
+SERVERS = ("kafka", "mosquitto", "postgres")
+
+
+class FaultStack:
+    """The private stack: started by stack.sh, its servers stopped by pid and started again."""
+
+    env = {"STACK_DIR": str(STACK_DIR), **{k: str(v) for k, v in PORTS.items()}}
+    client_env = {
+        "KAFKA_BOOTSTRAP_SERVERS": KAFKA,
+        "MQTT_URL": f"mqtt://127.0.0.1:{MQTT_PORT}",
+        "DATABASE_URL": DATABASE_URL,
+    }
+
+    def _stack(self, command: str) -> None:
+        result = subprocess.run(
+            ["bash", "deploy/local/stack.sh", command],
+            cwd=REPO_ROOT,
+            env=os.environ | self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if result.returncode != 0:
+            pytest.fail(
+                f"stack.sh {command} failed:\n{result.stdout}\n{result.stderr}", pytrace=False
+            )
+
+    def up(self) -> None:
+        self._stack("up")
+
+    def down(self) -> None:
+        self._stack("down")
+
+    def pid(self, server: str) -> int:
+        return int((STACK_DIR / "run" / f"{server}.pid").read_text().split()[0])
+
+    def stop(self, server: str, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop one server and wait until its process is gone."""
+        assert server in SERVERS
+        pid = self.pid(server)
+        # PostgreSQL's fast shutdown is SIGINT: SIGTERM waits for every client to leave.
+        os.kill(pid, signal.SIGINT if server == "postgres" and sig == signal.SIGTERM else sig)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        pytest.fail(f"{server} (pid {pid}) did not stop", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def fault_stack() -> Iterator[FaultStack]:
+    stack = FaultStack()
+    for old in FIGURES.glob("*.json"):
+        old.unlink()
+    stack.up()
+    try:
+        yield stack
+    finally:
+        stack.down()
+
+
+@pytest.fixture
+async def fault_names(fault_stack: FaultStack, names: Names) -> AsyncIterator[Names]:
+    settings = names.settings(
+        kafka_bootstrap_servers=KAFKA, database_url=DATABASE_URL, topic_partitions=6
+    )
+    await ensure_topics(settings)
+    conn = await connect(settings)
+    try:
+        await migrate(conn, names.schema)
+        yield names
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{names.schema}" CASCADE')
+        await conn.close()
+
+
+@pytest.fixture
+async def fault_db(fault_names: Names) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(
+        DATABASE_URL, server_settings={"search_path": f"{fault_names.schema},public"}
+    )
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def fault_chain(fault_names: Names, request: pytest.FixtureRequest) -> Iterator[Chain]:
+    # The services' logs stay in .stack/fault/service-logs/<test> after the run, to read
+    # when a figure is off.
+    log_dir = STACK_DIR / "service-logs" / request.node.name
+    if log_dir.exists():
+        for old in log_dir.glob("*.log"):
+            old.unlink()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    chain = Chain(fault_names.suffix, fault_names.env() | FaultStack.client_env, log_dir)
+    try:
+        yield chain
+    finally:
+        chain.stop_all()
+
+
+def fault_settings(names: Names) -> PipelineSettings:
+    return names.settings(kafka_bootstrap_servers=KAFKA, database_url=DATABASE_URL)
+
+
+def record_figures(name: str, figures: dict[str, Any]) -> None:
+    """Keep a test's figures for the summary at the end of the run and docs/reliability.md."""
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    (FIGURES / f"{name}.json").write_text(json.dumps(figures, indent=2, default=str))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not FIGURES.exists():
+        return
+    files = sorted(FIGURES.glob("*.json"))
+    if files:
+        terminalreporter.section("fault test figures")
+        for path in files:
+            terminalreporter.write_line(f"{path.stem}: {path.read_text()}")
