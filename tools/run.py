@@ -815,6 +815,13 @@ class Runner:
             ready = await wait_ready(self.services, client, self.stop, show)
         if ready:
             self.console.print("[green]All four services are ready.[/green]")
+            # Also without a terminal, where the live view (which lists them) is not drawn.
+            urls = "  ".join(s.spec.metrics_url for s in self.services)
+            self.console.print(f"metrics: {urls}", style="dim", markup=False, soft_wrap=True)
+            self.console.print(
+                "Prometheus alert rules and Grafana dashboards: docs/observability.md",
+                style="dim",
+            )
         return ready
 
     def _start_simulator(self, ingest: StageSpec) -> None:

@@ -1,11 +1,15 @@
 """Every Prometheus metric of the pipeline, defined once with a `stage` label.
 
-All four services export the same names, so one dashboard and one set of alert rules serve all.
+All four services export the same names, so one dashboard and one set of alert rules serve all
+(deploy/grafana, deploy/prometheus; docs/observability.md says what each one means). Process CPU
+and memory come from prometheus-client's default process collector.
 """
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from libs.common.models import Stage
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -62,3 +66,39 @@ REQUESTS = Counter(
     ["stage", "transport", "outcome"],
 )
 READY = Gauge("pipeline_ready", "1 when the stage is connected to all it needs.", ["stage"])
+DEVICES_SILENT = Gauge(
+    "pipeline_devices_silent",
+    "Registered devices whose newest stored reading is older than the silence threshold.",
+    ["stage"],
+)
+SILENCE_THRESHOLD = Gauge(
+    "pipeline_device_silence_threshold_seconds",
+    "How long a device may send nothing before it counts in pipeline_devices_silent.",
+    ["stage"],
+)
+
+# The label values each stage can have before anything happened. A series that only appears at
+# its first increment hides that increment from rate() and is missing from alerts that compare
+# stages, so every series whose labels are known up front starts at zero.
+_REQUEST_OUTCOMES = {
+    "http": ("accepted", "rejected", "too_large", "unavailable"),
+    "mqtt": ("accepted", "rejected"),
+}
+
+
+def initialise(stage: str) -> None:
+    """Create the zero-valued series of `stage`; call once at start-up."""
+    for metric in (MESSAGES_IN, MESSAGES_OUT, PROCESSING_SECONDS, BATCH_SIZE, READY):
+        metric.labels(stage)
+    # Kafka stages retry whole batches; ingest retries handing a batch over to Kafka.
+    RETRIES.labels(stage, "handover" if stage == Stage.INGEST else "batch")
+    if stage == Stage.INGEST:
+        for transport, outcomes in _REQUEST_OUTCOMES.items():
+            for outcome in outcomes:
+                REQUESTS.labels(stage, transport, outcome)
+    if stage == Stage.VALIDATE:
+        DUPLICATES.labels(stage)
+    if stage == Stage.STORE:
+        DB_WRITE_SECONDS.labels(stage)
+        for since in ("device_timestamp", "received_at"):
+            END_TO_END_SECONDS.labels(stage, since)

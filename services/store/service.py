@@ -4,6 +4,7 @@ only after the database committed them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from libs.common.retry import call_with_retry
 from libs.common.runner import StepResult
 from libs.common.service import STARTUP_WAIT_S, run_kafka_stage
 from services.store.settings import StoreSettings
+from services.store.silence import watch_silent_devices
 from services.store.writer import Row, prepare_connection, to_row, write_rows
 
 log = structlog.get_logger(__name__)
@@ -96,6 +98,15 @@ async def run(settings: StoreSettings, stop: asyncio.Event) -> None:
     )
     readiness.set("database", True)
     store = Store(pool, settings, readiness)
+    silence = asyncio.create_task(
+        watch_silent_devices(
+            pool,
+            settings.service_name,
+            settings.silent_device_after_s,
+            settings.silent_check_interval_s,
+            stop,
+        )
+    )
     try:
         await run_kafka_stage(
             settings,
@@ -108,4 +119,7 @@ async def run(settings: StoreSettings, stop: asyncio.Event) -> None:
             max_records=settings.batch_max_rows,
         )
     finally:
+        silence.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await silence
         await pool.close()

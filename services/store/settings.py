@@ -15,3 +15,6 @@ class StoreSettings(ConsumerSettings):
     batch_max_rows: int = Field(default=5000, ge=1)
     batch_max_wait_ms: int = Field(default=500, ge=1)
     db_pool_size: int = Field(default=4, ge=1, le=64)
+    # A registered device with no reading for this long counts in pipeline_devices_silent.
+    silent_device_after_s: float = Field(default=900.0, gt=0)
+    silent_check_interval_s: float = Field(default=60.0, gt=0)

@@ -14,6 +14,10 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from libs.common.db import connect, migrate
+from libs.common.kafka import ensure_topics
+from tests.conftest import Names
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -145,3 +149,21 @@ class Chain:
     @property
     def ingest_url(self) -> str:
         return self.services["ingest"].url
+
+
+async def prepare_topics_and_schema(names: Names, partitions: int = 3) -> None:
+    """What the `topics` and `schema` fixtures do, for a fixture wider than one test."""
+    await ensure_topics(names.settings(topic_partitions=partitions))
+    conn = await connect(names.settings())
+    try:
+        await migrate(conn, names.schema)
+    finally:
+        await conn.close()
+
+
+async def drop_schema(names: Names) -> None:
+    conn = await connect(names.settings())
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{names.schema}" CASCADE')
+    finally:
+        await conn.close()

@@ -1,10 +1,11 @@
 """The deployment files agree with the code and with the local stack.
 
-docker-compose.yml, deploy/k8s/, the Dockerfile and deploy/mosquitto/mosquitto.conf are parsed
-(nothing is run) and compared with the settings classes: every environment variable they set
-is a field of the settings class of the process it reaches, ports and probes are the settings'
-defaults and those of ARCHITECTURE.md, topic names and consumer groups are the defaults, and
-nothing is published beyond 127.0.0.1.
+docker-compose.yml, deploy/k8s/, the Dockerfile, deploy/mosquitto/mosquitto.conf and the
+Prometheus and Grafana provisioning are parsed (nothing is run) and compared with the settings
+classes: every environment variable they set is a field of the settings class of the process it
+reaches, ports and probes are the settings' defaults and those of ARCHITECTURE.md, topic names
+and consumer groups are the defaults, Prometheus scrapes every stage where compose runs it,
+Grafana reads the database compose runs, and nothing is published beyond 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ K8S_DIR = ROOT / "deploy" / "k8s"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+GRAFANA_DIR = ROOT / "deploy" / "grafana"
 
 # ARCHITECTURE.md, "Start-up": where the local stack and each stage listen.
 ARCHITECTURE_PORTS = {
@@ -48,6 +51,8 @@ ARCHITECTURE_PORTS = {
     "enrich": 8082,
     "store": 8083,
 }
+# docs/observability.md: where Prometheus and Grafana listen.
+OBSERVABILITY_PORTS = {"prometheus": 9090, "grafana": 3000}
 LOCALHOST = "127.0.0.1"
 
 STAGES: dict[str, type[PipelineSettings]] = {
@@ -245,9 +250,10 @@ def test_compose_binds_every_published_port_to_localhost() -> None:
         for name, service in compose()["services"].items()
         for port in published_ports(service)
     ]
-    assert len(ports) == len(ARCHITECTURE_PORTS)
+    expected = {**ARCHITECTURE_PORTS, **OBSERVABILITY_PORTS}
+    assert len(ports) == len(expected)
     assert [(name, ip) for name, (ip, _, _) in ports if ip != LOCALHOST] == []
-    assert sorted(host for _, (_, host, _) in ports) == sorted(ARCHITECTURE_PORTS.values())
+    assert sorted(host for _, (_, host, _) in ports) == sorted(expected.values())
 
 
 def test_compose_topic_names_and_consumer_groups_match_the_settings_defaults() -> None:
@@ -280,6 +286,87 @@ def test_compose_database_matches_the_default_database_url() -> None:
             url.path,
         ), name
         assert (used.hostname, used.port) == ("timescaledb", url.port), name
+
+
+# --- Prometheus and Grafana in docker-compose.yml ------------------------------------------------
+
+
+def prometheus_config() -> dict[str, Any]:
+    data = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def mounts(name: str) -> dict[str, str]:
+    """Container path -> host path (or volume name) of a compose service's volumes."""
+    found = {}
+    for volume in compose_service(name).get("volumes", []):
+        source, target = str(volume).split(":")[:2]
+        found[target] = source
+    return found
+
+
+@pytest.mark.parametrize("name", list(OBSERVABILITY_PORTS))
+def test_compose_runs_prometheus_and_grafana_from_their_official_pinned_images(name: str) -> None:
+    image = compose_service(name)["image"]
+    repository, _, tag = image.partition(":")
+    assert repository == {"prometheus": "prom/prometheus", "grafana": "grafana/grafana"}[name]
+    assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), image
+    port = OBSERVABILITY_PORTS[name]
+    assert published_ports(compose_service(name)) == [(LOCALHOST, port, port)]
+    assert compose_service(name)["healthcheck"]["test"][0] == "CMD"
+
+
+def test_compose_prometheus_scrapes_every_stage_where_compose_runs_it() -> None:
+    [job] = [j for j in prometheus_config()["scrape_configs"] if j["job_name"] == "sensor-pipeline"]
+    # The stages label their own series with `stage`: honoured, not renamed exported_stage.
+    assert job["honor_labels"] is True
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    targets = {
+        target: group["labels"]["stage"]
+        for group in job["static_configs"]
+        for target in group["targets"]
+    }
+    assert targets == {f"{name}:{compose_env(name)['HTTP_PORT']}": name for name in STAGES}
+
+
+def test_compose_prometheus_loads_the_config_and_rules_of_deploy_prometheus() -> None:
+    assert mounts("prometheus")["/etc/prometheus"] == "./deploy/prometheus"
+    command = command_of(compose_service("prometheus")["command"])
+    assert "--config.file=/etc/prometheus/prometheus.yml" in command
+    rule_globs = prometheus_config()["rule_files"]
+    assert rule_globs == ["rules/*.yml"]
+    assert sorted(PROMETHEUS_DIR.glob(rule_globs[0]))
+
+
+def test_compose_grafana_provisions_datasources_that_reach_compose_services() -> None:
+    assert mounts("grafana")["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+    dashboards_at = mounts("grafana")["/etc/grafana/dashboards"]
+    assert dashboards_at == "./deploy/grafana/dashboards"
+    providers = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning" / "dashboards" / "dashboards.yml").read_text()
+    )["providers"]
+    assert [p["options"]["path"] for p in providers] == ["/etc/grafana/dashboards"]
+    home = compose_env("grafana")["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (ROOT / dashboards_at / Path(home).name).is_file()
+    sources = {
+        s["uid"]: s
+        for s in yaml.safe_load(
+            (GRAFANA_DIR / "provisioning" / "datasources" / "datasources.yml").read_text()
+        )["datasources"]
+    }
+    prometheus = urlsplit(sources["prometheus"]["url"])
+    assert (prometheus.hostname, prometheus.port) == (
+        "prometheus",
+        OBSERVABILITY_PORTS["prometheus"],
+    )
+    database = urlsplit(DEFAULT_DATABASE_URL)
+    timescale = sources["timescaledb"]
+    assert timescale["url"] == f"timescaledb:{ARCHITECTURE_PORTS['timescaledb']}"
+    assert timescale["user"] == compose_env("timescaledb")["POSTGRES_USER"] == database.username
+    assert timescale["secureJsonData"]["password"] == database.password
+    assert timescale["jsonData"]["database"] == compose_env("timescaledb")["POSTGRES_DB"]
+    assert set(compose_service("grafana")["depends_on"]) == {"prometheus", "timescaledb"}
 
 
 def _advertised_listeners() -> dict[str, str]:
@@ -630,6 +717,7 @@ def test_k8s_database_secret_uses_the_default_database_credentials() -> None:
 
 def deploy_files() -> list[Path]:
     files = [COMPOSE_FILE, DOCKERFILE, DOCKERIGNORE, MOSQUITTO_CONF, *sorted(K8S_DIR.iterdir())]
+    files += sorted(PROMETHEUS_DIR.rglob("*")) + sorted(GRAFANA_DIR.rglob("*"))
     return [path for path in files if path.is_file()]
 
 
