@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv up down status setup lint unit test run
+.PHONY: venv up down status setup lint unit test run soak tools
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3.11 -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
@@ -39,10 +39,18 @@ lint: venv
 unit: venv
 	$(PY) -m pytest tests/unit
 
-## Everything: set-up on a fresh machine, lint, type checks, unit, integration and e2e tests.
-test: venv up setup lint
+## Tools the tests call that are not Python packages (promtool, for the alert rules).
+tools:
+	bash deploy/prometheus/ensure-promtool.sh
+
+## Everything: set-up on a fresh machine, lint, type checks, unit, integration, e2e and fault tests.
+test: venv up setup lint tools
 	$(PY) -m pytest
 
 ## The whole pipeline with a simulated fleet and a live view; Ctrl-C stops it.
 run: venv up setup
 	$(PY) -m tools.run
+
+## The fault tests for longer: 5 minutes of random SIGKILLs, 60 s outages; prints the figures.
+soak: venv up
+	FAULT_DURATION_S=300 FAULT_OUTAGE_S=60 $(PY) -m pytest tests/fault

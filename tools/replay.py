@@ -149,9 +149,9 @@ async def replay(
     log.info("selected", records=len(letters), by_topic=dict(counts), dry_run=dry_run)
     if dry_run or not letters:
         return counts
-    async with kafka_producer(settings) as producer:
+    async with kafka_producer(settings) as producers:
         for topic, records in by_topic.items():
-            await produce_all(producer, topic, records)
+            await produce_all(producers.producer, topic, records)
             log.info("replayed", topic=topic, records=len(records))
     return counts
 

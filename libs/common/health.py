@@ -25,6 +25,7 @@ class Readiness:
 
     def __init__(self, stage: str, *names: str) -> None:
         self.stage = stage
+        metrics.initialise(stage)
         self._checks: dict[str, bool] = dict.fromkeys(names, False)
         self._publish()
 
@@ -76,10 +77,20 @@ class _QuietServer(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serve_http(app: FastAPI, host: str, port: int) -> AsyncIterator[uvicorn.Server]:
+async def serve_http(
+    app: FastAPI, host: str, port: int, *, limit_concurrency: int | None = None
+) -> AsyncIterator[uvicorn.Server]:
     """Run uvicorn inside the current event loop; signals stay with the service, not uvicorn."""
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        # Past this many connections uvicorn answers 503 at once: a device sends again later
+        # instead of the service buffering without bound.
+        limit_concurrency=limit_concurrency,
     )
     server = _QuietServer(config)
     task = asyncio.create_task(server.serve(), name=f"http:{port}")

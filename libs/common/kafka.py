@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,18 +72,33 @@ async def produce_all(producer: AIOKafkaProducer, topic: str, records: Sequence[
     futures are awaited together: one round trip per batch, not per record.
     """
     try:
-        futures = [
-            await producer.send(
-                topic, r.value, key=r.key, headers=list(r.headers) if r.headers else None
-            )
-            for r in records
-        ]
+        futures = [await send_record(producer, topic, r) for r in records]
         for future in futures:
             await future
     except KafkaError as error:
         raise BrokerUnavailable(
             f"Kafka did not acknowledge a write to {topic}: {error!r}"
         ) from error
+
+
+async def send_record(
+    producer: AIOKafkaProducer, topic: str, record: Outgoing
+) -> asyncio.Future[Any]:
+    future = await producer.send(
+        topic,
+        record.value,
+        key=record.key,
+        headers=list(record.headers) if record.headers else None,
+    )
+    # When one send of a batch fails the caller stops awaiting the others; marking their
+    # outcome as seen keeps asyncio from logging each of them as "never retrieved".
+    future.add_done_callback(_seen)
+    return future
+
+
+def _seen(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def encode_json(obj: Any) -> bytes:

@@ -22,10 +22,10 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from libs.common import metrics
+from libs.common import logs, metrics
 from libs.common.errors import BrokerUnavailable, PipelineError
 from libs.common.health import Readiness
-from libs.common.kafka import Outgoing, encode_json
+from libs.common.kafka import Outgoing, encode_json, send_record
 from libs.common.lifecycle import sleep_or_stop
 from libs.common.models import Stage, dead_letter
 
@@ -72,12 +72,15 @@ class StageRunner:
         producer: AIOKafkaProducer,
         step: Step,
         readiness: Readiness,
+        renew_producer: Callable[[asyncio.Event], Awaitable[AIOKafkaProducer | None]] | None = None,
     ) -> None:
         self.config = config
         self.consumer = consumer
         self.producer = producer
         self.step = step
         self.readiness = readiness
+        # After a failed transaction the producer may be unusable (see RenewableProducer).
+        self.renew_producer = renew_producer
         self._outages = 0
         # (first offsets of the failing batch, attempts so far) for poison detection.
         self._failing: tuple[dict[TopicPartition, int], int] | None = None
@@ -99,6 +102,10 @@ class StageRunner:
                 if not error.retriable:
                     raise
                 await self._rewind(batches, error, stop)
+                if isinstance(error, BrokerUnavailable) and self.renew_producer is not None:
+                    renewed = await self.renew_producer(stop)
+                    if renewed is not None:
+                        self.producer = renewed
                 continue
             self._outages = 0
             self._failing = None
@@ -106,7 +113,7 @@ class StageRunner:
             self._count(records, result)
             metrics.PROCESSING_SECONDS.labels(stage).observe(time.perf_counter() - started)
             metrics.BATCH_SIZE.labels(stage).observe(len(records))
-            self._record_lag(batches)
+            await self._record_lag(batches)
 
     async def _poll(self, stop: asyncio.Event) -> Batches:
         cfg = self.config
@@ -223,6 +230,8 @@ class StageRunner:
         metrics.MESSAGES_OUT.labels(stage).inc(passed)
         for d in result.dead_letters:
             metrics.DLQ_RECORDS.labels(stage, d["error_type"]).inc()
+            metrics.ERRORS.labels(stage, d["error_type"]).inc()
+        logs.log_dead_letters(log, result.dead_letters)
         if result.duplicates:
             metrics.DUPLICATES.labels(stage).inc(result.duplicates)
 
@@ -250,12 +259,15 @@ class StageRunner:
         )
         await sleep_or_stop(stop, delay)
 
-    def _record_lag(self, batches: Batches) -> None:
-        for tp, records in batches.items():
+    async def _record_lag(self, batches: Batches) -> None:
+        # From the fetch position, not the last record: a transaction's commit marker takes an
+        # offset of its own, which would read as a lag of 1 forever.
+        for tp in batches:
             highwater = self.consumer.highwater(tp)
             if highwater is not None:
+                position = await self.consumer.position(tp)
                 metrics.CONSUMER_LAG.labels(self.config.stage, tp.topic, str(tp.partition)).set(
-                    max(0, highwater - (records[-1].offset + 1))
+                    max(0, highwater - position)
                 )
 
 
@@ -268,9 +280,7 @@ class _StepFailed(PipelineError):
 async def _send(producer: AIOKafkaProducer, topic: str, records: Sequence[Outgoing]) -> None:
     # Inside a transaction the commit waits for every send; no per-record await needed.
     for r in records:
-        await producer.send(
-            topic, r.value, key=r.key, headers=list(r.headers) if r.headers else None
-        )
+        await send_record(producer, topic, r)
 
 
 def _key(dead_letter: dict[str, Any]) -> bytes | None:

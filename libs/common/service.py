@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaError
 from libs.common.errors import BrokerUnavailable
 from libs.common.health import Readiness, health_app, serve_http
 from libs.common.kafka import make_consumer, make_producer
+from libs.common.lifecycle import sleep_or_stop
 from libs.common.retry import call_with_retry
 from libs.common.runner import RunnerConfig, StageRunner, Step
 from libs.common.settings import ConsumerSettings, PipelineSettings
@@ -55,14 +56,69 @@ async def close_quietly(closing: Awaitable[None], what: str, timeout_s: float) -
 @contextlib.asynccontextmanager
 async def kafka_producer(
     settings: PipelineSettings, **overrides: object
-) -> AsyncIterator[AIOKafkaProducer]:
-    producer = make_producer(settings, **overrides)
-    await start_kafka_client(producer, f"producer to {settings.kafka_bootstrap_servers}")
+) -> AsyncIterator[RenewableProducer]:
+    producer = RenewableProducer(settings, **overrides)
+    await producer.start()
     try:
         yield producer
     finally:
+        await producer.stop()
+
+
+class RenewableProducer:
+    """A Kafka producer that is replaced by a fresh one after a failed write.
+
+    aiokafka's idempotent producer gives up on batches that time out while the broker is away
+    and goes on numbering the next ones; once the broker is back it refuses them all with
+    OutOfOrderSequenceNumber and that producer never recovers. A new producer (with a
+    transactional id: a new epoch of it) starts clean.
+    """
+
+    def __init__(self, settings: PipelineSettings, **overrides: object) -> None:
+        self.settings = settings
+        self.overrides = overrides
+        self.producer = make_producer(settings, **overrides)
+        self._lock = asyncio.Lock()
+        self.generation = 0
+
+    async def start(self) -> None:
+        await start_kafka_client(
+            self.producer, f"producer to {self.settings.kafka_bootstrap_servers}"
+        )
+
+    async def renew(
+        self, stop: asyncio.Event, seen_generation: int | None = None
+    ) -> AIOKafkaProducer | None:
+        """Close the producer and start a new one, waiting while Kafka is away; None when
+        `stop` is set first. Concurrent callers that saw the same failure renew once."""
+        async with self._lock:
+            if seen_generation is not None and seen_generation != self.generation:
+                return self.producer
+            await close_quietly(self.producer.stop(), "producer", self.settings.shutdown_timeout_s)
+            delay = 0.2
+            while not stop.is_set():
+                producer = make_producer(self.settings, **self.overrides)
+                try:
+                    await producer.start()
+                except KafkaError as error:
+                    log.warning(
+                        "Kafka still away, new producer not started",
+                        error=repr(error),
+                        sleep_s=delay,
+                    )
+                    await close_quietly(producer.stop(), "producer", 5)
+                    await sleep_or_stop(stop, delay)
+                    delay = min(delay * 2, self.settings.retry_max_wait_s)
+                    continue
+                self.producer = producer
+                self.generation += 1
+                log.info("producer renewed", generation=self.generation)
+                return producer
+            return None
+
+    async def stop(self) -> None:
         # stop() flushes what is still queued before it returns.
-        await close_quietly(producer.stop(), "producer", settings.shutdown_timeout_s)
+        await close_quietly(self.producer.stop(), "producer", self.settings.shutdown_timeout_s)
 
 
 def transactional_id(settings: ConsumerSettings) -> str:
@@ -89,7 +145,7 @@ async def run_kafka_stage(
             settings,
             transactional_id=transactional_id(settings),
             transaction_timeout_ms=settings.transaction_timeout_ms,
-        ) as producer,
+        ) as producers,
     ):
         consumer = make_consumer(settings, input_topic)
         await start_kafka_client(consumer, f"consumer of {input_topic}")
@@ -108,9 +164,10 @@ async def run_kafka_stage(
                 poison_attempts=settings.poison_attempts,
             ),
             consumer,
-            producer,
+            producers.producer,
             step,
             readiness,
+            renew_producer=producers.renew,
         )
         try:
             await runner.run(stop)

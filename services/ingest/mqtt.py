@@ -156,6 +156,7 @@ async def _until_handed_over(send: Callable[[], Awaitable[None]], stop: asyncio.
         except PipelineError as error:
             if not error.retriable:
                 raise
+            metrics.RETRIES.labels(_STAGE, "handover").inc()
             log.warning("Kafka unavailable, holding MQTT batch", error=str(error), sleep_s=delay)
             await sleep_or_stop(stop, delay)
             if stop.is_set():

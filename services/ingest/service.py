@@ -19,11 +19,16 @@ log = structlog.get_logger(__name__)
 async def run(settings: IngestSettings, stop: asyncio.Event) -> None:
     needs = ("kafka", "mqtt") if settings.mqtt_enabled else ("kafka",)
     readiness = Readiness(settings.service_name, *needs)
-    async with kafka_producer(settings) as producer:
+    async with kafka_producer(settings) as producers:
         readiness.set("kafka", True)
-        handover = Handover(producer, settings, readiness)
+        handover = Handover(producers, settings, stop, readiness)
         app = health_app(readiness, ingest_app(handover, settings.max_body_bytes))
-        async with serve_http(app, settings.http_host, settings.http_port):
+        async with serve_http(
+            app,
+            settings.http_host,
+            settings.http_port,
+            limit_concurrency=settings.http_max_concurrency,
+        ):
             log.info("accepting readings", http_port=settings.http_port)
             if settings.mqtt_enabled:
                 await MqttIngest(settings, handover, readiness).run(stop)

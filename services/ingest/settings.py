@@ -19,6 +19,8 @@ class IngestSettings(PipelineSettings):
     # restarts; replicas must each set their own (the pod name, in Kubernetes).
     mqtt_client_id: str = "ingest-1"
     mqtt_enabled: bool = True
+    # Concurrent HTTP connections; past it, 503 (bounds the memory a burst of requests takes).
+    http_max_concurrency: int = Field(default=256, ge=1)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_message_bytes: int = Field(default=256 * 1024, ge=256)
 
