@@ -62,6 +62,8 @@ class RunnerConfig:
     # A batch failing this many times for a reason that is not an outage is searched for the
     # record(s) that cause it; those go to the DLQ and the rest pass (a poison message).
     poison_attempts: int = 3
+    # A transaction not ended by then counts as failed (the broker is away).
+    commit_timeout_s: float = 30.0
 
 
 class StageRunner:
@@ -204,20 +206,36 @@ class StageRunner:
     async def _commit(self, batches: Batches, result: StepResult) -> None:
         cfg = self.config
         offsets = {tp: rs[-1].offset + 1 for tp, rs in batches.items()}
-        try:
-            async with self.producer.transaction():
-                if result.outputs and cfg.output_topic:
-                    await _send(self.producer, cfg.output_topic, result.outputs)
-                if result.dead_letters:
-                    letters = [Outgoing(encode_json(d), _key(d)) for d in result.dead_letters]
-                    await _send(self.producer, cfg.dlq_topic, letters)
-                await self.producer.send_offsets_to_transaction(offsets, cfg.group_id)
-        except KafkaError as error:
+        # aiokafka can wait for a transaction's end forever when the broker went away in the
+        # middle of it; so it runs as a task of its own with a deadline, and a transaction
+        # that misses it is left to the producer renewal (a new epoch aborts it).
+        transaction = asyncio.create_task(self._transact(offsets, result))
+        done, _ = await asyncio.wait({transaction}, timeout=cfg.commit_timeout_s)
+        error: BaseException | None
+        if transaction in done:
+            error = transaction.exception()
+        else:
+            transaction.cancel()
+            transaction.add_done_callback(lambda t: t.cancelled() or t.exception())
+            error = TimeoutError(f"no transaction end after {cfg.commit_timeout_s} s")
+        if error is not None:
             self.readiness.set("kafka", False)
+            if not isinstance(error, KafkaError | TimeoutError):
+                raise error
             raise BrokerUnavailable(f"transaction of {cfg.stage} failed: {error!r}") from error
         self.readiness.set("kafka", True)
         if result.on_success is not None:
             result.on_success()
+
+    async def _transact(self, offsets: dict[TopicPartition, int], result: StepResult) -> None:
+        cfg = self.config
+        async with self.producer.transaction():
+            if result.outputs and cfg.output_topic:
+                await _send(self.producer, cfg.output_topic, result.outputs)
+            if result.dead_letters:
+                letters = [Outgoing(encode_json(d), _key(d)) for d in result.dead_letters]
+                await _send(self.producer, cfg.dlq_topic, letters)
+            await self.producer.send_offsets_to_transaction(offsets, cfg.group_id)
 
     def _count(self, records: list[ConsumerRecord], result: StepResult) -> None:
         stage = self.config.stage

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -121,6 +121,33 @@ class RenewableProducer:
         await close_quietly(self.producer.stop(), "producer", self.settings.shutdown_timeout_s)
 
 
+async def watch_kafka(
+    check: Callable[[], Awaitable[object]], readiness: Readiness, interval_s: float = 2.0
+) -> None:
+    """Keep readiness["kafka"] true to what the broker answers, even while no record flows
+    (an idle stage would otherwise go on saying ready through an outage)."""
+    while True:
+        try:
+            await asyncio.wait_for(check(), timeout=5)
+        except (KafkaError, TimeoutError, OSError):
+            readiness.set("kafka", False)
+        else:
+            readiness.set("kafka", True)
+        await asyncio.sleep(interval_s)
+
+
+@contextlib.asynccontextmanager
+async def background(coro: Coroutine[object, object, None]) -> AsyncIterator[None]:
+    """Run `coro` as a task for the duration of the block, then cancel it."""
+    task = asyncio.create_task(coro)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def transactional_id(settings: ConsumerSettings) -> str:
     return settings.transactional_id or (
         f"{settings.consumer_group}-{socket.gethostname()}-{settings.http_port}"
@@ -170,7 +197,8 @@ async def run_kafka_stage(
             renew_producer=producers.renew,
         )
         try:
-            await runner.run(stop)
+            async with background(watch_kafka(consumer.topics, readiness)):
+                await runner.run(stop)
         finally:
             readiness.set("kafka", False)
             await close_quietly(consumer.stop(), "consumer", settings.shutdown_timeout_s)

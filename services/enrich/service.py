@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Sequence
 
 import orjson
@@ -15,7 +14,7 @@ from libs.common.kafka import Outgoing, encode_json
 from libs.common.models import Stage, dead_letter
 from libs.common.retry import call_with_retry
 from libs.common.runner import StepResult
-from libs.common.service import STARTUP_WAIT_S, run_kafka_stage
+from libs.common.service import STARTUP_WAIT_S, background, run_kafka_stage
 from services.enrich import geo
 from services.enrich.enricher import enrich
 from services.enrich.registry import DeviceRegistry
@@ -60,25 +59,22 @@ async def run(settings: EnrichSettings, stop: asyncio.Event) -> None:
     registry = DeviceRegistry()
     await call_with_retry(lambda: registry.load(pool), STARTUP_WAIT_S)
     readiness.set("database", True)
-    refresher = asyncio.create_task(
-        registry.refresh_forever(pool, settings.registry_refresh_s, readiness)
-    )
     step = make_step(registry, settings.geohash_precision)
 
     async def async_step(records: Sequence[ConsumerRecord]) -> StepResult:
         return step(records)
 
     try:
-        await run_kafka_stage(
-            settings,
-            stop,
-            input_topic=settings.topic_validated,
-            output_topic=settings.topic_enriched,
-            step=async_step,
-            readiness=readiness,
-        )
+        async with background(
+            registry.refresh_forever(pool, settings.registry_refresh_s, readiness)
+        ):
+            await run_kafka_stage(
+                settings,
+                stop,
+                input_topic=settings.topic_validated,
+                output_topic=settings.topic_enriched,
+                step=async_step,
+                readiness=readiness,
+            )
     finally:
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
         await pool.close()

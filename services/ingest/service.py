@@ -7,7 +7,7 @@ import asyncio
 import structlog
 
 from libs.common.health import Readiness, health_app, serve_http
-from libs.common.service import kafka_producer
+from libs.common.service import background, kafka_producer, watch_kafka
 from services.ingest.handover import Handover
 from services.ingest.http_api import ingest_app
 from services.ingest.mqtt import MqttIngest
@@ -30,10 +30,15 @@ async def run(settings: IngestSettings, stop: asyncio.Event) -> None:
             limit_concurrency=settings.http_max_concurrency,
         ):
             log.info("accepting readings", http_port=settings.http_port)
-            if settings.mqtt_enabled:
-                await MqttIngest(settings, handover, readiness).run(stop)
-            else:
-                await stop.wait()
+
+            async def metadata() -> object:
+                return await producers.producer.client.fetch_all_metadata()
+
+            async with background(watch_kafka(metadata, readiness)):
+                if settings.mqtt_enabled:
+                    await MqttIngest(settings, handover, readiness).run(stop)
+                else:
+                    await stop.wait()
         # Leaving serve_http stops taking HTTP requests (in-flight ones finish); leaving the
         # producer flushes what is queued.
     log.info("stopped")

@@ -4,7 +4,6 @@ only after the database committed them."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -21,12 +20,13 @@ from libs.common.health import Readiness
 from libs.common.models import Stage, dead_letter
 from libs.common.retry import call_with_retry
 from libs.common.runner import StepResult
-from libs.common.service import STARTUP_WAIT_S, run_kafka_stage
+from libs.common.service import STARTUP_WAIT_S, background, run_kafka_stage
 from services.store.settings import StoreSettings
 from services.store.silence import watch_silent_devices
-from services.store.writer import Row, prepare_connection, to_row, write_rows
+from services.store.writer import COLUMNS, Row, prepare_connection, to_row, write_rows
 
 log = structlog.get_logger(__name__)
+_RECEIVED_AT = COLUMNS.index("received_at")
 
 
 class Store:
@@ -87,7 +87,7 @@ class Store:
         received = metrics.END_TO_END_SECONDS.labels(Stage.STORE.value, "received_at")
         for row in rows:
             device.observe(max(0.0, (now - row[0]).total_seconds()))
-            received.observe(max(0.0, (now - row[22]).total_seconds()))
+            received.observe(max(0.0, (now - row[_RECEIVED_AT]).total_seconds()))
 
 
 async def run(settings: StoreSettings, stop: asyncio.Event) -> None:
@@ -98,28 +98,24 @@ async def run(settings: StoreSettings, stop: asyncio.Event) -> None:
     )
     readiness.set("database", True)
     store = Store(pool, settings, readiness)
-    silence = asyncio.create_task(
-        watch_silent_devices(
-            pool,
-            settings.service_name,
-            settings.silent_device_after_s,
-            settings.silent_check_interval_s,
-            stop,
-        )
+    silence = watch_silent_devices(
+        pool,
+        settings.service_name,
+        settings.silent_device_after_s,
+        settings.silent_check_interval_s,
+        stop,
     )
     try:
-        await run_kafka_stage(
-            settings,
-            stop,
-            input_topic=settings.topic_enriched,
-            output_topic=None,
-            step=store.step,
-            readiness=readiness,
-            batch_max_wait_ms=settings.batch_max_wait_ms,
-            max_records=settings.batch_max_rows,
-        )
+        async with background(silence):
+            await run_kafka_stage(
+                settings,
+                stop,
+                input_topic=settings.topic_enriched,
+                output_topic=None,
+                step=store.step,
+                readiness=readiness,
+                batch_max_wait_ms=settings.batch_max_wait_ms,
+                max_records=settings.batch_max_rows,
+            )
     finally:
-        silence.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await silence
         await pool.close()
