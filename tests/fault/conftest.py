@@ -100,9 +100,14 @@ async def fault_names(fault_stack: FaultStack, names: Names) -> AsyncIterator[Na
     conn = await connect(settings)
     try:
         await migrate(conn, names.schema)
-        yield names
     finally:
+        await conn.close()
+    yield names
+    # A connection of its own: the test may have restarted PostgreSQL meanwhile.
+    conn = await connect(settings)
+    try:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{names.schema}" CASCADE')
+    finally:
         await conn.close()
 
 

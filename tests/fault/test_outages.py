@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import Names
 from tests.e2e.processes import Chain
-from tests.fault.conftest import KAFKA, MQTT_PORT, FaultStack, record_figures
+from tests.fault.conftest import DATABASE_URL, KAFKA, MQTT_PORT, FaultStack, record_figures
 from tests.fault.traffic import Traffic, send_http, send_mqtt, settle
 
 STAGES = {"ingest": "ingest", "validate": "validate", "enrich": "enrich", "store": "store"}
@@ -65,7 +65,14 @@ async def test_a_server_outage_is_waited_out_without_loss(
     await asyncio.to_thread(fault_stack.up)
     down_s = round(time.monotonic() - began, 1)
     await senders
-    outcome = await settle(fault_db, fault_names.dlq, KAFKA, traffic, timeout_s=180)
+    # A connection of its own: one opened before a PostgreSQL outage did not survive it.
+    db = await asyncpg.connect(
+        DATABASE_URL, server_settings={"search_path": f"{fault_names.schema},public"}
+    )
+    try:
+        outcome = await settle(db, fault_names.dlq, KAFKA, traffic, timeout_s=180)
+    finally:
+        await db.close()
     await asyncio.sleep(2)
     stop.set()
     await watcher
