@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,16 @@ async def create_pool(
         raise DatabaseUnavailable(f"PostgreSQL: {error!r}") from error
     assert pool is not None
     return pool
+
+
+async def close_pool(pool: asyncpg.Pool, timeout_s: float) -> None:
+    """Close gracefully within a bound, else terminate: after an outage a pool can wait for
+    connections that never come back, and a service must still stop when told."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout_s)
+    except TimeoutError:
+        log.warning("database pool did not close in time; terminating it", timeout_s=timeout_s)
+        pool.terminate()
 
 
 def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:

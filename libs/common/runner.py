@@ -64,6 +64,8 @@ class RunnerConfig:
     poison_attempts: int = 3
     # A transaction not ended by then counts as failed (the broker is away).
     commit_timeout_s: float = 30.0
+    # On SIGTERM a step in progress gets this long to finish before it is abandoned.
+    stop_grace_s: float = 10.0
 
 
 class StageRunner:
@@ -98,7 +100,10 @@ class StageRunner:
             records = [r for rs in batches.values() for r in rs]
             started = time.perf_counter()
             try:
-                result = await self._run_step(batches, records)
+                step = await self._step_unless_stuck(batches, records, stop)
+                if step is None:
+                    return
+                result = step
                 await self._commit(batches, result)
             except PipelineError as error:
                 if not error.retriable:
@@ -133,6 +138,27 @@ class StageRunner:
                 return batches
             if not fetched and not batches:
                 return batches
+
+    async def _step_unless_stuck(
+        self, batches: Batches, records: list[ConsumerRecord], stop: asyncio.Event
+    ) -> StepResult | None:
+        """The step's result; None when told to stop while the step hangs on something away
+        (a database that does not answer) past the grace period. Nothing of that batch was
+        committed, so dropping it here only means the next owner does it again."""
+        step = asyncio.create_task(self._run_step(batches, records))
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({step, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                await asyncio.wait({step}, timeout=self.config.stop_grace_s)
+            if not step.done():
+                log.warning("stopping with a batch unfinished", records=len(records))
+                step.cancel()
+                await asyncio.wait({step})
+                return None
+            return step.result()
+        finally:
+            stopping.cancel()
 
     async def _run_step(self, batches: Batches, records: list[ConsumerRecord]) -> StepResult:
         try:

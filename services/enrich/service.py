@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import orjson
 from aiokafka import ConsumerRecord
 
-from libs.common.db import create_pool
+from libs.common.db import close_pool, create_pool
 from libs.common.health import Readiness
 from libs.common.kafka import Outgoing, encode_json
 from libs.common.models import Stage, dead_letter
@@ -77,4 +77,4 @@ async def run(settings: EnrichSettings, stop: asyncio.Event) -> None:
                 readiness=readiness,
             )
     finally:
-        await pool.close()
+        await close_pool(pool, settings.shutdown_timeout_s / 2)

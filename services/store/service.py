@@ -14,7 +14,7 @@ import structlog
 from aiokafka import ConsumerRecord
 
 from libs.common import metrics
-from libs.common.db import create_pool
+from libs.common.db import close_pool, create_pool
 from libs.common.errors import StorageRejected
 from libs.common.health import Readiness
 from libs.common.models import Stage, dead_letter
@@ -118,4 +118,4 @@ async def run(settings: StoreSettings, stop: asyncio.Event) -> None:
                 max_records=settings.batch_max_rows,
             )
     finally:
-        await pool.close()
+        await close_pool(pool, settings.shutdown_timeout_s / 2)

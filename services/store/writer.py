@@ -42,6 +42,9 @@ COLUMNS: tuple[str, ...] = (
 )
 _TIMES = frozenset({"time", "received_at"})
 _STAGING = "sensor_readings_staging"
+# After an outage the pool may hand out no connection for a while; waiting longer than this
+# counts as the database being away (the batch is retried), not as a hang.
+ACQUIRE_TIMEOUT_S = 30.0
 
 Row = tuple[Any, ...]
 
@@ -75,7 +78,7 @@ async def write_rows(pool: asyncpg.Pool, rows: Sequence[Row]) -> int:
     """Write rows idempotently; returns how many were new. Raises typed errors only."""
     columns = ", ".join(COLUMNS)
     try:
-        async with pool.acquire() as conn, conn.transaction():
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
             await conn.copy_records_to_table(_STAGING, records=rows, columns=COLUMNS)
             status = await conn.execute(
                 f"INSERT INTO sensor_readings ({columns}) "
