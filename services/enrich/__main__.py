@@ -7,4 +7,4 @@ from services.enrich.settings import EnrichSettings
 
 settings = EnrichSettings()
 configure_logging(settings.service_name, settings.log_level)
-run(lambda stop: run_enrich(settings, stop))
+run(lambda stop: run_enrich(settings, stop), settings.shutdown_timeout_s)

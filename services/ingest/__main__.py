@@ -7,4 +7,4 @@ from services.ingest.settings import IngestSettings
 
 settings = IngestSettings()
 configure_logging(settings.service_name, settings.log_level)
-run(lambda stop: run_ingest(settings, stop))
+run(lambda stop: run_ingest(settings, stop), settings.shutdown_timeout_s)

@@ -7,4 +7,4 @@ from services.store.settings import StoreSettings
 
 settings = StoreSettings()
 configure_logging(settings.service_name, settings.log_level)
-run(lambda stop: run_store(settings, stop))
+run(lambda stop: run_store(settings, stop), settings.shutdown_timeout_s)

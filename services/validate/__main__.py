@@ -7,4 +7,4 @@ from services.validate.settings import ValidateSettings
 
 settings = ValidateSettings()
 configure_logging(settings.service_name, settings.log_level)
-run(lambda stop: run_validate(settings, stop))
+run(lambda stop: run_validate(settings, stop), settings.shutdown_timeout_s)

@@ -60,9 +60,14 @@ class Service:
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
+                # Ask it what it is waiting on (the service logs every task's stack), then kill.
+                self.process.send_signal(signal.SIGUSR1)
+                time.sleep(1)
                 self.process.kill()
                 self.process.wait()
-                raise AssertionError(f"{self.stage} ignored SIGTERM for {timeout_s}s") from None
+                raise AssertionError(
+                    f"{self.stage} ignored SIGTERM for {timeout_s}s:\n{self.log_tail(80)}"
+                ) from None
         return self.process.returncode
 
 
