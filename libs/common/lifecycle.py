@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import sys
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 
 import structlog
