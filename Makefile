@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv up down status setup lint unit test run soak tools
+.PHONY: venv up down status setup lint unit test run soak tools bench
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3.11 -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
@@ -54,3 +54,12 @@ run: venv up setup
 ## The fault tests for longer: 5 minutes of random SIGKILLs, 60 s outages; prints the figures.
 soak: venv up
 	FAULT_DURATION_S=300 FAULT_OUTAGE_S=60 $(PY) -m pytest tests/fault
+
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
+
+## Benchmark against the local stack (about 6 min; BENCH_QUICK=1 about 2): bench/results/<date>.{json,md,png}
+bench: $(BENCH_STAMP) up setup
+	$(PY) -m bench.run
