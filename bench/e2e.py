@@ -30,7 +30,6 @@ from bench.infra import (
     create_schema,
     create_topics,
     free_port,
-    metric_sum,
     read_timestamps,
     server_processes,
 )
@@ -38,6 +37,7 @@ from bench.mqtt import BarePublisher
 from bench.report import LatencyRow, Row
 from bench.stages import register_devices
 from bench.stats import lag_verdict, percentile
+from libs.common.metrics import sample_sum
 from tools.fleet import Pacer
 
 STAGES = ("ingest", "validate", "enrich", "store")
@@ -125,7 +125,7 @@ class Chain:
 
     async def stored(self) -> int:
         text = await self.procs["store"].metrics()
-        return int(metric_sum(text, "pipeline_messages_out_total", stage="store"))
+        return int(sample_sum(text, "pipeline_messages_out_total", stage="store"))
 
     async def backlog(self) -> int:
         return self.publisher.acked - self.lost - await self.stored()
@@ -136,8 +136,8 @@ class Chain:
         for stage in ("validate", "enrich", "store"):
             text = await self.procs[stage].metrics()
             out[stage] = (
-                metric_sum(text, "pipeline_batch_size_count", stage=stage),
-                metric_sum(text, "pipeline_batch_size_sum", stage=stage),
+                sample_sum(text, "pipeline_batch_size_count", stage=stage),
+                sample_sum(text, "pipeline_batch_size_sum", stage=stage),
             )
         return out
 

@@ -8,6 +8,7 @@ and memory come from prometheus-client's default process collector.
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.parser import text_string_to_metric_families
 
 from libs.common.models import Stage
 
@@ -102,3 +103,13 @@ def initialise(stage: str) -> None:
         DB_WRITE_SECONDS.labels(stage)
         for since in ("device_timestamp", "received_at"):
             END_TO_END_SECONDS.labels(stage, since)
+
+
+def sample_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`, in a scraped /metrics text."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total

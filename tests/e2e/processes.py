@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from libs.common.db import connect, migrate
 from libs.common.kafka import ensure_topics
@@ -83,16 +82,6 @@ def start(stage: str, port: int, env: dict[str, str], log_dir: Path, name: str =
             stderr=subprocess.STDOUT,
         )
     return Service(stage, port, process, log_path)
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def free_ports(n: int) -> list[int]:

@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import asyncpg
 import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from libs.common.metrics import sample_sum
 from libs.common.models import DeadLetter
-from tests.conftest import DATABASE_URL, MQTT_HOST, MQTT_PORT, Names
-from tests.e2e.processes import Chain, drop_schema, metric_value, prepare_topics_and_schema
+from tests.conftest import MQTT_HOST, MQTT_PORT, Names, connect_to_schema
+from tests.e2e.processes import Chain, drop_schema, prepare_topics_and_schema
 from tests.integration.kafka_helpers import read_topic
 
 pytestmark = pytest.mark.e2e
@@ -61,7 +61,7 @@ class Run:
 
     def value(self, service: str, name: str, /, **labels: str) -> float:
         """The sum of `name`'s samples with `labels` in the scrape of `service`."""
-        return metric_value(self.scrapes[service], name, **labels)
+        return sample_sum(self.scrapes[service], name, **labels)
 
     def samples(self, service: str, name: str) -> list[tuple[dict[str, str], float]]:
         return [
@@ -118,9 +118,7 @@ async def send(chain: Chain) -> None:
 
 
 async def stored_rows(names: Names, expected: int, timeout_s: float = 60) -> int:
-    conn = await asyncpg.connect(
-        DATABASE_URL, server_settings={"search_path": f"{names.schema},public"}
-    )
+    conn = await connect_to_schema(names.schema)
     try:
         async with asyncio.timeout(timeout_s):
             while (n := await conn.fetchval("SELECT count(*) FROM sensor_readings")) < expected:
@@ -135,7 +133,7 @@ async def settled_scrapes(chain: Chain) -> dict[str, str]:
     # visible: wait until the last stage counted everything, then give the rest a moment more,
     # so a count above the expected one would show.
     async with asyncio.timeout(30):
-        while metric_value(chain.services["store"].metrics(), "pipeline_messages_out_total") < ROWS:
+        while sample_sum(chain.services["store"].metrics(), "pipeline_messages_out_total") < ROWS:
             await asyncio.sleep(0.2)
     await asyncio.sleep(1.5)
     return {stage: chain.services[stage].metrics() for stage in STAGES}
