@@ -122,9 +122,14 @@ async def schema(stack: None, names: Names) -> AsyncIterator[str]:
         await conn.close()
 
 
+async def connect_to_schema(schema: str, url: str = DATABASE_URL) -> asyncpg.Connection:
+    """A connection that finds the pipeline's tables in `schema` (and TimescaleDB in public)."""
+    return await asyncpg.connect(url, server_settings={"search_path": f"{schema},public"})
+
+
 @pytest.fixture
 async def db(schema: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(DATABASE_URL, server_settings={"search_path": f"{schema},public"})
+    conn = await connect_to_schema(schema)
     try:
         yield conn
     finally:

@@ -17,7 +17,7 @@ import pytest
 from libs.common.db import connect, migrate
 from libs.common.kafka import ensure_topics
 from libs.common.settings import PipelineSettings
-from tests.conftest import Names
+from tests.conftest import Names, connect_to_schema
 from tests.e2e.processes import REPO_ROOT, Chain
 
 STACK_DIR = REPO_ROOT / ".stack" / "fault"
@@ -113,9 +113,7 @@ async def fault_names(fault_stack: FaultStack, names: Names) -> AsyncIterator[Na
 
 @pytest.fixture
 async def fault_db(fault_names: Names) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(
-        DATABASE_URL, server_settings={"search_path": f"{fault_names.schema},public"}
-    )
+    conn = await connect_to_schema(fault_names.schema, DATABASE_URL)
     try:
         yield conn
     finally:

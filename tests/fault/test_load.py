@@ -14,7 +14,7 @@ import asyncpg
 import httpx
 import orjson
 
-from tests.conftest import Names
+from tests.conftest import Names, connect_to_schema
 from tests.e2e.processes import Chain
 from tests.fault.conftest import DATABASE_URL, KAFKA, MQTT_PORT, record_figures
 from tests.fault.traffic import Traffic, send_mqtt, settle
@@ -50,9 +50,7 @@ async def test_a_burst_into_a_blocked_store_is_absorbed_within_memory_ceilings(
     stop = asyncio.Event()
     peaks: dict[str, float] = {}
     sampler = asyncio.create_task(sample_rss(fault_chain, stop, peaks))
-    locker = await asyncpg.connect(
-        DATABASE_URL, server_settings={"search_path": f"{fault_names.schema},public"}
-    )
+    locker = await connect_to_schema(fault_names.schema, DATABASE_URL)
     lock = locker.transaction()
     await lock.start()
     await locker.execute("LOCK TABLE sensor_readings IN ACCESS EXCLUSIVE MODE")

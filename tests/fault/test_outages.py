@@ -7,11 +7,10 @@ import asyncio
 import os
 import time
 
-import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import Names
+from tests.conftest import Names, connect_to_schema
 from tests.e2e.processes import Chain
 from tests.fault.conftest import DATABASE_URL, KAFKA, MQTT_PORT, FaultStack, record_figures
 from tests.fault.traffic import Traffic, send_http, send_mqtt, settle
@@ -52,7 +51,6 @@ async def test_a_server_outage_is_waited_out_without_loss(
     server: str,
     fault_stack: FaultStack,
     fault_names: Names,
-    fault_db: asyncpg.Connection,
     fault_chain: Chain,
 ) -> None:
     rate = 60.0
@@ -75,9 +73,7 @@ async def test_a_server_outage_is_waited_out_without_loss(
     down_s = round(time.monotonic() - began, 1)
     await senders
     # A connection of its own: one opened before a PostgreSQL outage did not survive it.
-    db = await asyncpg.connect(
-        DATABASE_URL, server_settings={"search_path": f"{fault_names.schema},public"}
-    )
+    db = await connect_to_schema(fault_names.schema, DATABASE_URL)
     try:
         outcome = await settle(db, fault_names.dlq, KAFKA, traffic, timeout_s=180)
     finally:

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from tests import grafana
-from tests.conftest import DATABASE_URL, Names
+from tests.conftest import Names, connect_to_schema
 from tests.e2e.processes import Chain, drop_schema, prepare_topics_and_schema
 
 pytestmark = pytest.mark.integration
@@ -66,9 +66,7 @@ def readings(now: datetime) -> list[dict[str, Any]]:
 
 
 async def fill(names: Names, chain: Chain, now: datetime) -> int:
-    conn = await asyncpg.connect(
-        DATABASE_URL, server_settings={"search_path": f"{names.schema},public"}
-    )
+    conn = await connect_to_schema(names.schema)
     try:
         await conn.executemany(
             "INSERT INTO devices (device_id, model, site, owner) VALUES ($1, 'TH-200', $2, 'ops')",
@@ -108,9 +106,7 @@ def data(stack: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Data
 
 @pytest.fixture
 async def db(data: Data) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(
-        DATABASE_URL, server_settings={"search_path": f"{data.names.schema},public"}
-    )
+    conn = await connect_to_schema(data.names.schema)
     try:
         yield conn
     finally:
