@@ -47,6 +47,15 @@ class StepResult:
 Step = Callable[[Sequence[ConsumerRecord]], Awaitable[StepResult]]
 
 
+def pure_step(step: Callable[[Sequence[ConsumerRecord]], StepResult]) -> Step:
+    """A Step from a plain function (validate, enrich): the runner awaits every step."""
+
+    async def run(records: Sequence[ConsumerRecord]) -> StepResult:
+        return step(records)
+
+    return run
+
+
 @dataclass(slots=True)
 class RunnerConfig:
     stage: str

@@ -13,7 +13,7 @@ from libs.common.health import Readiness
 from libs.common.kafka import Outgoing, encode_json
 from libs.common.models import Stage, dead_letter
 from libs.common.retry import call_with_retry
-from libs.common.runner import StepResult
+from libs.common.runner import StepResult, pure_step
 from libs.common.service import STARTUP_WAIT_S, background, run_kafka_stage
 from services.enrich import geo
 from services.enrich.enricher import enrich
@@ -61,9 +61,6 @@ async def run(settings: EnrichSettings, stop: asyncio.Event) -> None:
     readiness.set("database", True)
     step = make_step(registry, settings.geohash_precision)
 
-    async def async_step(records: Sequence[ConsumerRecord]) -> StepResult:
-        return step(records)
-
     try:
         async with background(
             registry.refresh_forever(pool, settings.registry_refresh_s, readiness)
@@ -73,7 +70,7 @@ async def run(settings: EnrichSettings, stop: asyncio.Event) -> None:
                 stop,
                 input_topic=settings.topic_validated,
                 output_topic=settings.topic_enriched,
-                step=async_step,
+                step=pure_step(step),
                 readiness=readiness,
             )
     finally:

@@ -19,7 +19,7 @@ from libs.common.models import (
     Stage,
     dead_letter,
 )
-from libs.common.runner import StepResult
+from libs.common.runner import StepResult, pure_step
 from libs.common.service import run_kafka_stage
 from services.validate.dedup import Deduplicator
 from services.validate.rules import Rules, load_rules
@@ -99,14 +99,11 @@ async def run(settings: ValidateSettings, stop: asyncio.Event) -> None:
         rules, Deduplicator(settings.dedup_capacity), max_future_skew_s=settings.max_future_skew_s
     )
 
-    async def async_step(records: Sequence[ConsumerRecord]) -> StepResult:
-        return step(records)
-
     await run_kafka_stage(
         settings,
         stop,
         input_topic=settings.topic_raw,
         output_topic=settings.topic_validated,
-        step=async_step,
+        step=pure_step(step),
         readiness=Readiness(settings.service_name, "kafka", "pipeline"),
     )
