@@ -144,19 +144,36 @@ def throughput_table(results: Results) -> Table:
     for column in (*columns, "box busy"):
         table.add_column(column, justify="left" if column in ("section", "what") else "right")
     for row in results.rows:
-        reference = results.row(row.reference) if row.reference else None
-        table.add_row(
-            row.section,
-            row.name,
-            fmt_rate(row.rate),
-            reference.name if reference else "-",
-            fmt_rate(reference.rate) if reference else "-",
-            fmt_ratio(results.ratio_of(row)),
-            fmt_num(row.cpu_per_1k, 3),
-            fmt_num(row.peak_rss_mb, 0, " MB"),
-            _pct(row.machine_busy),
-        )
+        table.add_row(*_throughput_cells(results, row, with_note=False))
     return table
+
+
+def _throughput_cells(results: Results, row: Row, *, with_note: bool) -> list[str]:
+    """One throughput row, the same for the terminal and for markdown."""
+    reference = results.row(row.reference) if row.reference else None
+    return [
+        row.section,
+        row.name + (f" ({row.note})" if with_note and row.note else ""),
+        fmt_rate(row.rate),
+        reference.name if reference else "-",
+        fmt_rate(reference.rate) if reference else "-",
+        fmt_ratio(results.ratio_of(row)),
+        fmt_num(row.cpu_per_1k, 3),
+        fmt_num(row.peak_rss_mb, 0, " MB"),
+        _pct(row.machine_busy),
+    ]
+
+
+def _latency_cells(r: LatencyRow) -> list[str]:
+    return [
+        f"{r.load_share:.0%}",
+        fmt_rate(r.offered_rate),
+        fmt_rate(r.stored_rate),
+        f"{r.readings:,}",
+        fmt_num(r.p50_s, 3, " s"),
+        fmt_num(r.p95_s, 3, " s"),
+        fmt_num(r.p99_s, 3, " s"),
+    ]
 
 
 def _pct(share: float | None) -> str:
@@ -168,15 +185,7 @@ def latency_table(results: Results) -> Table:
     for column in ("load", "offered", "stored", "readings", "p50", "p95", "p99"):
         table.add_column(column, justify="right")
     for r in results.latency:
-        table.add_row(
-            f"{r.load_share:.0%}",
-            fmt_rate(r.offered_rate),
-            fmt_rate(r.stored_rate),
-            f"{r.readings:,}",
-            fmt_num(r.p50_s, 3, " s"),
-            fmt_num(r.p95_s, 3, " s"),
-            fmt_num(r.p99_s, 3, " s"),
-        )
+        table.add_row(*_latency_cells(r))
     return table
 
 
@@ -203,18 +212,7 @@ def to_markdown(results: Results) -> str:
         "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in results.rows:
-        reference = results.row(row.reference) if row.reference else None
-        cells = [
-            row.section,
-            row.name + (f" ({row.note})" if row.note else ""),
-            fmt_rate(row.rate),
-            reference.name if reference else "-",
-            fmt_rate(reference.rate) if reference else "-",
-            fmt_ratio(results.ratio_of(row)),
-            fmt_num(row.cpu_per_1k, 3),
-            fmt_num(row.peak_rss_mb, 0, " MB"),
-            _pct(row.machine_busy),
-        ]
+        cells = _throughput_cells(results, row, with_note=True)
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -222,16 +220,7 @@ def to_markdown(results: Results) -> str:
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results.latency:
-        cells = [
-            f"{r.load_share:.0%}",
-            fmt_rate(r.offered_rate),
-            fmt_rate(r.stored_rate),
-            f"{r.readings:,}",
-            fmt_num(r.p50_s, 3, " s"),
-            fmt_num(r.p95_s, 3, " s"),
-            fmt_num(r.p99_s, 3, " s"),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_latency_cells(r)) + " |")
     lines += [
         "",
         "| target | goal | measured | met | short by |",
