@@ -1,9 +1,11 @@
-"""`python -m bench.ab STAGE [--env NAME=VALUE ...] [--reps N] [--records N]`: one stage alone,
-as it is (A) and with some settings changed (B), interleaved A B A B on the same pre-filled
-topic, so a noisy machine weighs on both alike. For trying a fix before and after.
+"""`python -m bench.ab STAGE [--env NAME=VALUE ...] [--base REF] [--reps N] [--records N]`: one
+stage alone, A and B interleaved A B A B on the same pre-filled topic, so a noisy machine weighs
+on both alike. For trying a fix before and after: B is the work tree with the settings of
+`--env`; A is the work tree as is, or with `--base` the code of an earlier commit (checked out
+in a temporary git worktree).
 
 e.g. `python -m bench.ab enrich --env PRODUCER_COMPRESSION=zstd`
-     `python -m bench.ab validate --env MALLOC_TRIM_THRESHOLD_=134217728`
+     `python -m bench.ab validate --base HEAD`   (uncommitted changes against the last commit)
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -32,7 +35,12 @@ INPUTS["store"] = ("enriched", "")
 
 
 async def run(
-    stage: str, env: dict[str, str], reps: int, records: int, console: Console
+    stage: str,
+    env: dict[str, str],
+    reps: int,
+    records: int,
+    console: Console,
+    base: Path | None = None,
 ) -> dict[str, list[float]]:
     names = Names(uuid.uuid4().hex[:8])
     plan = replace(FULL, stage_records=records)
@@ -49,7 +57,7 @@ async def run(
         if stage == "enrich":
             topics = {"enriched": output}
         for rep in range(reps):
-            for variant, extra in (("A", {}), ("B", env)):
+            for variant, extra, cwd in (("A", {}, base), ("B", env, None)):
                 label = f"{stage}-{variant}{rep}"
                 if stage == "store":
                     # A fresh table each time: rows already there would make the write cheaper.
@@ -58,7 +66,7 @@ async def run(
                     await create_schema(schema)
                     extra = extra | {"DATABASE_SCHEMA": schema}
                 row = await stages.kafka_stage(
-                    bench, stage, source, label=label, extra_env=extra, **topics
+                    bench, stage, source, label=label, extra_env=extra, cwd=cwd, **topics
                 )
                 rates[variant].append(row.rate or float("nan"))
     finally:
@@ -71,13 +79,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
     parser.add_argument("stage", choices=sorted(INPUTS))
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--base", metavar="REF", help="run A from this commit")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--records", type=int, default=200_000)
     args = parser.parse_args(argv)
     env = dict(item.split("=", 1) for item in args.env)
     console = Console(width=None if sys.stdout.isatty() else 160)
-    rates = asyncio.run(run(args.stage, env, args.reps, args.records, console))
-    table = Table(title=f"{args.stage}: A = as is, B = {env or 'as is'}")
+    base = _worktree(args.base) if args.base else None
+    try:
+        rates = asyncio.run(run(args.stage, env, args.reps, args.records, console, base))
+    finally:
+        if base is not None:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base)], check=False)
+    a_is = f"commit {args.base}" if args.base else "as is"
+    table = Table(title=f"{args.stage}: A = {a_is}, B = work tree {env or 'as is'}")
     for column in ("variant", "runs (readings/s)", "median", "B / A"):
         table.add_column(column, justify="left" if column == "variant" else "right")
     a, b = statistics.median(rates["A"]), statistics.median(rates["B"])
@@ -87,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(variant, runs, f"{statistics.median(values):,.0f}", ratio)
     console.print(table)
     return 0
+
+
+def _worktree(ref: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix="bench-ab-base-"))
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), ref], check=True)
+    return path
 
 
 if __name__ == "__main__":

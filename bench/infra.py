@@ -240,6 +240,8 @@ class Proc:
     port: int | None = None
     process: subprocess.Popen[bytes] | None = None
     peak_rss: int = 0
+    # Where `python -m` finds the module: another checkout runs that checkout's code.
+    cwd: Path = REPO_ROOT
     _ps: psutil.Process | None = field(default=None, repr=False)
 
     def start(self) -> Proc:
@@ -250,7 +252,7 @@ class Proc:
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", self.module],
-                cwd=REPO_ROOT,
+                cwd=self.cwd,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

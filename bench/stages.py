@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -162,13 +163,17 @@ async def kafka_stage(
     *,
     label: str | None = None,
     extra_env: dict[str, str] | None = None,
+    cwd: Path | None = None,
     **topics: str,
 ) -> Row:
-    """`stage` draining `input_topic`; `label` names a variant (its own group, key and log)."""
+    """`stage` draining `input_topic`; `label` names a variant (its own group, key and log);
+    `cwd` another checkout whose code to run."""
     total = len(bench.data.raw)
     group = bench.names.group(label or stage)
     env = env_for(bench, stage, group, **topics) | (extra_env or {})
     proc = Proc(label or stage, f"services.{stage}", env, bench.log_dir, port=free_port())
+    if cwd is not None:
+        proc.cwd = cwd
     topic = bench.names.topic(input_topic)
     return await measure(
         bench,
