@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,13 +14,15 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
 
-from libs.common.errors import BrokerUnavailable
+from libs.common.errors import BrokerUnavailable, PayloadTooLarge
 from libs.common.settings import ConsumerSettings, PipelineSettings
 
 log = structlog.get_logger(__name__)
 
-Headers = list[tuple[str, bytes]]
+# A list, or the tuple a consumed record carries.
+Headers = Sequence[tuple[str, bytes]]
 
 
 @dataclass(slots=True)
@@ -66,13 +70,10 @@ def make_consumer(settings: ConsumerSettings, *topics: str, **overrides: Any) ->
 
 
 async def produce_all(producer: AIOKafkaProducer, topic: str, records: Sequence[Outgoing]) -> None:
-    """Send every record and return once Kafka acknowledged all of them.
-
-    Sends are queued without awaiting each one (the producer batches them), then the delivery
-    futures are awaited together: one round trip per batch, not per record.
-    """
+    """Send every record and return once Kafka acknowledged all of them (one round trip per
+    batch, not per record)."""
     try:
-        futures = [await send_record(producer, topic, r) for r in records]
+        futures = await send_records(producer, topic, records)
         for future in futures:
             await future
     except KafkaError as error:
@@ -81,19 +82,62 @@ async def produce_all(producer: AIOKafkaProducer, topic: str, records: Sequence[
         ) from error
 
 
-async def send_record(
-    producer: AIOKafkaProducer, topic: str, record: Outgoing
-) -> asyncio.Future[Any]:
-    future = await producer.send(
-        topic,
-        record.value,
-        key=record.key,
-        headers=list(record.headers) if record.headers else None,
-    )
-    # When one send of a batch fails the caller stops awaiting the others; marking their
-    # outcome as seen keeps asyncio from logging each of them as "never retrieved".
-    future.add_done_callback(_seen)
-    return future
+async def send_records(
+    producer: AIOKafkaProducer, topic: str, records: Sequence[Outgoing]
+) -> list[asyncio.Future[Any]]:
+    """Queue `records` as one record batch per partition; the futures resolve on delivery.
+
+    The same partitions as `producer.send()` would choose (murmur2 of the key, the Java
+    client's too), so a device's readings stay in order whichever way they were sent; but one
+    `send_batch` per partition instead of one `send()` a record, which in aiokafka costs more
+    than the rest of a stage's work on a reading.
+    """
+    if not records:
+        return []
+    partitions = sorted(await producer.partitions_for(topic))
+    builders: dict[int, Any] = {}
+    futures: list[asyncio.Future[Any]] = []
+    for record in records:
+        partition = _partition_of(record.key, len(partitions))
+        if partition is None:
+            partition = random.choice(partitions)
+        else:
+            partition = partitions[partition]
+        builder = builders.get(partition)
+        if builder is None:
+            builder = builders[partition] = producer.create_batch()
+        if _append(builder, record) is None:
+            # Full: send it, and start the next batch of that partition with this record.
+            futures.append(await producer.send_batch(builder, topic, partition=partition))
+            builder = builders[partition] = producer.create_batch()
+            if _append(builder, record) is None:
+                raise PayloadTooLarge(
+                    f"a record of {len(record.value)} bytes does not fit in a producer batch"
+                )
+    for partition, builder in builders.items():
+        futures.append(await producer.send_batch(builder, topic, partition=partition))
+    for future in futures:
+        # When one batch fails the caller stops awaiting the others; marking their outcome as
+        # seen keeps asyncio from logging each of them as "never retrieved".
+        future.add_done_callback(_seen)
+    return futures
+
+
+def _append(builder: Any, record: Outgoing) -> Any:
+    headers = record.headers
+    # aiokafka's C batch builder takes a list only (a consumed record's headers are a tuple).
+    if type(headers) is not list:
+        headers = list(headers) if headers else []
+    return builder.append(timestamp=None, key=record.key, value=record.value, headers=headers)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _partition_of(key: bytes | None, count: int) -> int | None:
+    # The index DefaultPartitioner picks; cached, since murmur2 is pure Python (~3 µs) and a
+    # fleet has far fewer devices than readings. None: no key, any partition will do.
+    if key is None:
+        return None
+    return (murmur2(key) & 0x7FFFFFFF) % count
 
 
 def _seen(future: asyncio.Future[Any]) -> None:

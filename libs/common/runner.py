@@ -25,7 +25,7 @@ from aiokafka.errors import KafkaError
 from libs.common import logs, metrics
 from libs.common.errors import BrokerUnavailable, PipelineError
 from libs.common.health import Readiness
-from libs.common.kafka import Outgoing, encode_json, send_record
+from libs.common.kafka import Outgoing, encode_json, send_records
 from libs.common.lifecycle import sleep_or_stop
 from libs.common.models import Stage, dead_letter
 
@@ -331,9 +331,8 @@ class _StepFailed(PipelineError):
 
 
 async def _send(producer: AIOKafkaProducer, topic: str, records: Sequence[Outgoing]) -> None:
-    # Inside a transaction the commit waits for every send; no per-record await needed.
-    for r in records:
-        await send_record(producer, topic, r)
+    # Inside a transaction the commit waits for every batch; no per-batch await needed.
+    await send_records(producer, topic, records)
 
 
 def _key(dead_letter: dict[str, Any]) -> bytes | None:
