@@ -7,6 +7,8 @@ import asyncio
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from itertools import chain
+from operator import itemgetter
 
 import asyncpg
 import orjson
@@ -21,6 +23,7 @@ from libs.common.models import Stage, dead_letter
 from libs.common.retry import call_with_retry
 from libs.common.runner import StepResult
 from libs.common.service import STARTUP_WAIT_S, background, run_kafka_stage
+from services.store.latency import observe_ages
 from services.store.settings import StoreSettings
 from services.store.silence import watch_silent_devices
 from services.store.writer import COLUMNS, Row, prepare_connection, to_row, write_rows
@@ -49,25 +52,33 @@ class Store:
         if rows:
             started = time.perf_counter()
             # A DatabaseUnavailable escapes to the runner, which retries the whole batch.
-            await self._write(rows, sources, result)
+            written: list[Sequence[Row]] = []
+            await self._write(rows, sources, result, written)
             metrics.DB_WRITE_SECONDS.labels(Stage.STORE.value).observe(
                 time.perf_counter() - started
             )
             self.readiness.set("database", True)
-            self._observe_latency(rows)
+            self._observe_latency(written)
         return result
 
-    async def _write(self, rows: list[Row], sources: list[ConsumerRecord], out: StepResult) -> None:
+    async def _write(
+        self,
+        rows: list[Row],
+        sources: list[ConsumerRecord],
+        out: StepResult,
+        written: list[Sequence[Row]],
+    ) -> None:
         try:
             await write_rows(self.pool, rows)
+            written.append(rows)
         except StorageRejected as error:
             if len(rows) == 1:
                 out.dead_letters.append(self._dead(sources[0], error.error_type, str(error)))
                 return
             # One bad row fails the whole COPY: halve until it is found, write the rest.
             middle = len(rows) // 2
-            await self._write(rows[:middle], sources[:middle], out)
-            await self._write(rows[middle:], sources[middle:], out)
+            await self._write(rows[:middle], sources[:middle], out, written)
+            await self._write(rows[middle:], sources[middle:], out, written)
 
     def _dead(self, record: ConsumerRecord, error_type: str, reason: str) -> dict[str, object]:
         return dead_letter(
@@ -81,13 +92,13 @@ class Store:
             device_id=record.key.decode("utf-8", "replace") if record.key else None,
         )
 
-    def _observe_latency(self, rows: list[Row]) -> None:
+    def _observe_latency(self, written: list[Sequence[Row]]) -> None:
+        # Only rows the database took: a refused one was never stored.
         now = datetime.now(UTC)
-        device = metrics.END_TO_END_SECONDS.labels(Stage.STORE.value, "device_timestamp")
-        received = metrics.END_TO_END_SECONDS.labels(Stage.STORE.value, "received_at")
-        for row in rows:
-            device.observe(max(0.0, (now - row[0]).total_seconds()))
-            received.observe(max(0.0, (now - row[_RECEIVED_AT]).total_seconds()))
+        for since, column in (("device_timestamp", 0), ("received_at", _RECEIVED_AT)):
+            histogram = metrics.END_TO_END_SECONDS.labels(Stage.STORE.value, since)
+            pick = itemgetter(column)
+            observe_ages(histogram, now, chain.from_iterable(map(pick, rows) for rows in written))
 
 
 async def run(settings: StoreSettings, stop: asyncio.Event) -> None:

@@ -82,3 +82,40 @@ async def test_a_row_the_database_refuses_is_a_permanent_error(names: Names, sch
             await write_rows(pool, [to_row(enriched("dev-1", 0, device_id="x\x00y"))])
     finally:
         await pool.close()
+
+
+async def test_a_batch_written_again_leaves_every_row_as_it_was(
+    names: Names, db: asyncpg.Connection
+) -> None:
+    pool = await create_pool(names.settings(), size=1, init=prepare_connection)
+    rows = [to_row(enriched("dev-1", m)) for m in range(50)]
+    try:
+        assert await write_rows(pool, rows) == 50
+        before = await db.fetch("SELECT * FROM sensor_readings ORDER BY time")
+        assert await write_rows(pool, rows) == 0
+        after = await db.fetch("SELECT * FROM sensor_readings ORDER BY time")
+    finally:
+        await pool.close()
+    assert [dict(r) for r in after] == [dict(r) for r in before]
+
+
+async def test_a_reading_twice_in_one_batch_is_stored_once(
+    names: Names, db: asyncpg.Connection
+) -> None:
+    pool = await create_pool(names.settings(), size=1, init=prepare_connection)
+    rows = [to_row(enriched("dev-1", m)) for m in range(10)]
+    try:
+        assert await write_rows(pool, rows + rows[3:4]) == 10
+    finally:
+        await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM sensor_readings") == 10
+
+
+async def test_a_value_of_the_wrong_type_is_a_permanent_error(names: Names, schema: str) -> None:
+    pool = await create_pool(names.settings(), size=1, init=prepare_connection)
+    try:
+        with pytest.raises(StorageRejected):
+            await write_rows(pool, [to_row(enriched("dev-1", 0, temperature="hot"))])
+        assert await write_rows(pool, [to_row(enriched("dev-1", 0))]) == 1
+    finally:
+        await pool.close()
