@@ -1,29 +1,30 @@
 """The MQTT side of ingest: a shared QoS 1 subscription, acknowledged only after Kafka has it.
 
-Messages are taken in small batches (up to `max_batch` or `max_wait_s`) so one Kafka round trip
-covers many readings; each is acknowledged to the broker only after its batch was handed over.
+Messages are taken in batches (up to `mqtt_batch_max`, or what arrived within `max_wait_s`) so
+one Kafka round trip covers many readings; a few batches are handed over at the same time, and
+each message is acknowledged to the broker only after its batch was handed over, in the order
+the messages came.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
-import aiomqtt
 import structlog
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from libs.common import metrics
-from libs.common.errors import PayloadTooLarge, PipelineError, RecordError
+from libs.common.errors import MqttUnavailable, PayloadTooLarge, PipelineError, RecordError
 from libs.common.health import Readiness
 from libs.common.kafka import Outgoing
 from libs.common.lifecycle import sleep_or_stop
 from libs.common.models import Source, Stage
 from services.ingest.handover import Handover
 from services.ingest.intake import Rejected, check_message
+from services.ingest.mqtt_client import Delivery, MqttSession
 from services.ingest.settings import IngestSettings
 
 log = structlog.get_logger(__name__)
@@ -32,15 +33,7 @@ _STAGE = Stage.INGEST.value
 # The broker keeps our session (subscription and unacknowledged QoS 1 messages) this long
 # while no replica is connected, so readings published during a restart are not lost.
 SESSION_EXPIRY_S = 7 * 24 * 3600
-
-
-def _connect_properties(receive_maximum: int) -> Properties:
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = SESSION_EXPIRY_S
-    # At most this many unacknowledged messages in flight to us: the broker holds the rest,
-    # which is our backpressure while Kafka is slow.
-    props.ReceiveMaximum = receive_maximum
-    return props
+RECONNECT_MIN_S = 0.1
 
 
 class MqttIngest:
@@ -50,79 +43,102 @@ class MqttIngest:
         handover: Handover,
         readiness: Readiness,
         *,
-        max_batch: int = 500,
         max_wait_s: float = 0.005,
     ) -> None:
         self.settings = settings
         self.handover = handover
         self.readiness = readiness
-        self.max_batch = max_batch
+        self.max_batch = settings.mqtt_batch_max
         self.max_wait_s = max_wait_s
+
+    def _session(self) -> MqttSession:
+        url = urlsplit(self.settings.mqtt_url)
+        return MqttSession(
+            url.hostname or "127.0.0.1",
+            url.port or 1883,
+            self.settings.mqtt_client_id,
+            receive_maximum=self.settings.mqtt_receive_maximum,
+            session_expiry_s=SESSION_EXPIRY_S,
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stay subscribed until `stop`, reconnecting with backoff when the broker goes away."""
-        url = urlsplit(self.settings.mqtt_url)
-        delay = 0.2
+        delay = RECONNECT_MIN_S
         while not stop.is_set():
+            session = self._session()
             try:
-                client = aiomqtt.Client(
-                    url.hostname or "127.0.0.1",
-                    url.port or 1883,
-                    identifier=self.settings.mqtt_client_id,
-                    protocol=aiomqtt.ProtocolVersion.V5,
-                    clean_start=False,
-                    properties=_connect_properties(self.max_batch * 2),
-                )
-                # aiomqtt acknowledges on receipt; we must acknowledge after Kafka has the
-                # reading, which paho (underneath) supports with manual acks.
-                client._client.manual_ack_set(True)  # noqa: SLF001
-                async with client:
-                    await client.subscribe(self.settings.mqtt_topic, qos=1)
-                    self.readiness.set("mqtt", True)
-                    log.info("subscribed", topic=self.settings.mqtt_topic)
-                    delay = 0.2
-                    await self._consume(client, stop)
-            except aiomqtt.MqttError as error:
+                await session.open(self.settings.mqtt_topic)
+            except MqttUnavailable as error:
+                await session.close()
                 self.readiness.set("mqtt", False)
-                log.warning("MQTT connection lost, reconnecting", error=str(error), sleep_s=delay)
+                log.warning("MQTT broker unavailable", error=str(error), sleep_s=delay)
                 await sleep_or_stop(stop, delay)
-                delay = min(delay * 2, self.settings.retry_max_wait_s)
+                delay = min(delay * 2, self.settings.mqtt_reconnect_max_s)
+                continue
+            self.readiness.set("mqtt", True)
+            log.info("subscribed", topic=self.settings.mqtt_topic)
+            delay = RECONNECT_MIN_S
+            try:
+                await self._consume(session, stop)
+            finally:
+                await session.close()
+            if not stop.is_set():
+                self.readiness.set("mqtt", False)
+                log.warning("MQTT connection lost, reconnecting", sleep_s=delay)
+                await sleep_or_stop(stop, delay)
         self.readiness.set("mqtt", False)
 
-    async def _consume(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        messages = client.messages
+    async def _consume(self, session: MqttSession, stop: asyncio.Event) -> None:
+        """Take batches until stopped or the connection is lost; return once every batch taken
+        was handed over (or given up because of `stop`)."""
+        in_flight: set[asyncio.Task[None]] = set()
+        previous: asyncio.Task[None] | None = None
         stopping = asyncio.create_task(stop.wait())
         try:
-            while not stop.is_set():
-                first = asyncio.ensure_future(anext(messages))
-                done, _ = await asyncio.wait({first, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if first not in done:
-                    first.cancel()
-                    return
-                batch = [first.result()]
-                if len(messages) == 0:
-                    # Give a burst a moment to gather. A sleep, never a receive with a timeout:
-                    # a receive cancelled at the wrong moment drops a message it already took,
-                    # which would then sit unacknowledged in our session.
-                    await asyncio.sleep(self.max_wait_s)
-                while len(batch) < self.max_batch and len(messages) > 0:
-                    batch.append(await anext(messages))
-                await self._hand_over(client, batch, stop)
+            while not stop.is_set() and not session.lost.is_set():
+                # Cancelling a take is safe: it removes messages only after its last await.
+                taking = asyncio.create_task(session.take(self.max_batch, self.max_wait_s))
+                await asyncio.wait({taking, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not taking.done():
+                    taking.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await taking
+                    break
+                batch = taking.result()
+                if not batch:
+                    break
+                while len(in_flight) >= self.settings.mqtt_handovers_in_flight:
+                    done, in_flight = await asyncio.wait(
+                        in_flight, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for task in done:
+                        task.result()
+                previous = asyncio.create_task(self._hand_over(session, batch, previous, stop))
+                in_flight.add(previous)
         finally:
             stopping.cancel()
+            # Every batch taken finishes before the connection is closed (its PUBACKs need it).
+            results = await asyncio.gather(*in_flight, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _hand_over(
-        self, client: aiomqtt.Client, batch: list[aiomqtt.Message], stop: asyncio.Event
+        self,
+        session: MqttSession,
+        batch: list[Delivery],
+        previous: asyncio.Task[None] | None,
+        stop: asyncio.Event,
     ) -> None:
         accepted: list[Outgoing] = []
         rejected: list[Rejected] = []
+        limit = self.settings.max_message_bytes
         for index, message in enumerate(batch):
-            payload = _payload_bytes(message.payload)
+            payload = message.payload
             try:
-                if len(payload) > self.settings.max_message_bytes:
+                if len(payload) > limit:
                     raise PayloadTooLarge(
-                        f"message of {len(payload)} bytes is larger than the limit of "
-                        f"{self.settings.max_message_bytes}"
+                        f"message of {len(payload)} bytes is larger than the limit of {limit}"
                     )
                 accepted.append(check_message(payload))
             except RecordError as error:
@@ -134,9 +150,12 @@ class MqttIngest:
             # our session and sends them again when a replica with our client id connects.
             log.info("stopping with an MQTT batch not handed over", messages=len(batch))
             return
-        for message in batch:
-            if message.qos > 0:
-                client._client.ack(message.mid, message.qos)  # noqa: SLF001
+        if previous is not None:
+            # PUBACKs go out in the order the messages came (MQTT v5, 4.6).
+            with contextlib.suppress(Exception):
+                await previous
+        if not session.ack(batch):
+            log.info("MQTT connection lost before the acknowledgement", messages=len(batch))
         metrics.REQUESTS.labels(_STAGE, "mqtt", "accepted").inc(len(accepted))
         if rejected:
             metrics.REQUESTS.labels(_STAGE, "mqtt", "rejected").inc(len(rejected))
@@ -162,11 +181,3 @@ async def _until_handed_over(send: Callable[[], Awaitable[None]], stop: asyncio.
             if stop.is_set():
                 return False
             delay = min(delay * 2, 10.0)
-
-
-def _payload_bytes(payload: object) -> bytes:
-    if isinstance(payload, bytes | bytearray):
-        return bytes(payload)
-    if payload is None:
-        return b""
-    return str(payload).encode()

@@ -19,6 +19,16 @@ class IngestSettings(PipelineSettings):
     # restarts; replicas must each set their own (the pod name, in Kubernetes).
     mqtt_client_id: str = "ingest-1"
     mqtt_enabled: bool = True
+    # Unacknowledged QoS 1 messages the broker may have in flight to us (MQTT v5 Receive
+    # Maximum): the bound on what MQTT holds in our memory, and our backpressure.
+    mqtt_receive_maximum: int = Field(default=2000, ge=1, le=65535)
+    # Messages handed to Kafka in one go, and batches handed over at the same time.
+    mqtt_batch_max: int = Field(default=500, ge=1)
+    mqtt_handovers_in_flight: int = Field(default=4, ge=1)
+    # Reconnect backoff cap. Short on purpose: Mosquitto 2.0 does not keep shared
+    # subscriptions across its own restart, so until we subscribe again, readings published
+    # to it reach no one (docs/reliability.md).
+    mqtt_reconnect_max_s: float = Field(default=1.0, gt=0)
     # Concurrent HTTP connections; past it, 503 (bounds the memory a burst of requests takes).
     http_max_concurrency: int = Field(default=256, ge=1)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)

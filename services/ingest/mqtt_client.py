@@ -1,0 +1,168 @@
+"""The one MQTT adapter of ingest: a persistent MQTT v5 session whose QoS 1 messages are
+acknowledged only when the caller says so (gmqtt underneath).
+
+gmqtt was chosen by measurement (bench/mqtt_clients.py): it receives about 0.95x what
+Mosquitto's own C client does on this machine, paho 0.26x, aiomqtt 0.10x.
+
+How acknowledgements work here, and why: gmqtt with `optimistic_acknowledgement=False` sends
+the PUBACK when an *async* `on_message` returns, which costs a task a message and hides the
+packet id. Instead we take QoS 1 messages one step earlier, where gmqtt has the packet id
+(`_handle_qos_1_publish_packet`, the one private hook used; gmqtt is pinned below 0.9 and
+tests/integration/test_mqtt_ingest.py checks the behaviour), and send the PUBACKs ourselves,
+in the order the messages came, once their batch was handed over. A PUBACK belongs
+to the connection that delivered the message: after a reconnect the broker sends the
+unacknowledged messages again and may reuse their packet ids for others, so acknowledgements
+for a lost connection are dropped, never sent on a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import gmqtt
+import structlog
+from gmqtt.mqtt.constants import MQTTCommands, MQTTv50
+
+from libs.common.errors import MqttUnavailable
+
+log = structlog.get_logger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One message as the broker delivered it on one connection."""
+
+    payload: bytes
+    # The broker's packet id; None for QoS 0 (nothing to acknowledge).
+    mid: int | None
+
+
+class _Client(gmqtt.Client):
+    """gmqtt's client without its own reconnect: the caller opens a new session instead.
+
+    gmqtt would reconnect the same client after a fixed delay, even after disconnect() was
+    asked for meanwhile; a second client with our id would then take the session over from
+    the one the caller opened.
+    """
+
+    async def reconnect(self, delay: bool = False) -> None:
+        return None
+
+
+class MqttSession:
+    """One connection with our persistent session; open it, `take` messages, `ack` them.
+
+    Not reusable: after `lost` is set, close it and open a new one.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        *,
+        receive_maximum: int,
+        session_expiry_s: int,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.lost = asyncio.Event()
+        self._pending: deque[Delivery] = deque()
+        self._arrived = asyncio.Event()
+        self._subacks: dict[int, asyncio.Future[list[int]]] = {}
+        self._client = _Client(
+            client_id,
+            clean_session=False,
+            optimistic_acknowledgement=False,
+            session_expiry_interval=session_expiry_s,
+            # At most this many unacknowledged QoS 1 messages in flight to us: the broker
+            # keeps the rest, which bounds our memory and is our backpressure.
+            receive_maximum=receive_maximum,
+        )
+        self._client.on_message = self._on_message
+        # Instead of gmqtt's own QoS 1 handling (which acknowledges when on_message is done).
+        self._client._package_handler._handle_qos_1_publish_packet = self._on_qos1  # noqa: SLF001
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
+
+    # gmqtt's callbacks (plain functions: see the module docstring)
+    def _on_qos1(self, mid: int, payload: bytes, _topic: str, _properties: Any) -> None:
+        self._pending.append(Delivery(payload, mid))
+        self._arrived.set()
+
+    def _on_message(
+        self, _client: Any, _topic: str, payload: bytes, _qos: int, _properties: Any
+    ) -> None:
+        # QoS 0 only (QoS 1 goes through _on_qos1; we subscribe with at most QoS 1).
+        self._pending.append(Delivery(payload, None))
+        self._arrived.set()
+
+    def _on_disconnect(self, _client: Any, _packet: Any, exc: Any = None) -> None:
+        self.lost.set()
+        self._arrived.set()
+        for future in self._subacks.values():
+            if not future.done():
+                future.set_exception(MqttUnavailable("connection lost before SUBACK"))
+
+    def _on_subscribe(self, _client: Any, mid: int, qos: list[int], _properties: Any) -> None:
+        future = self._subacks.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(list(qos))
+
+    async def open(self, topic: str) -> None:
+        """Connect (clean start off) and subscribe with QoS 1; raises MqttUnavailable."""
+        try:
+            await asyncio.wait_for(
+                self._client.connect(self.host, self.port, version=MQTTv50), CONNECT_TIMEOUT_S
+            )
+            future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+            mid = self._client.subscribe(topic, qos=1)
+            self._subacks[mid] = future
+            granted = await asyncio.wait_for(future, CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError, gmqtt.MQTTConnectError) as error:
+            self.lost.set()
+            raise MqttUnavailable(f"{self.host}:{self.port}: {error!r}") from error
+        if not granted or granted[0] >= 0x80:
+            self.lost.set()
+            raise MqttUnavailable(f"subscription to {topic} refused: {granted}")
+
+    async def take(self, max_count: int, max_wait_s: float) -> list[Delivery]:
+        """Up to `max_count` messages, waiting for the first; then at most `max_wait_s` for
+        more to gather. Empty once the connection is lost (what was taken stays unacknowledged,
+        and the broker sends it again on the next connection).
+        """
+        while not self._pending:
+            if self.lost.is_set():
+                return []
+            self._arrived.clear()
+            await self._arrived.wait()
+        if len(self._pending) < max_count and max_wait_s > 0:
+            await asyncio.sleep(max_wait_s)
+        count = min(max_count, len(self._pending))
+        return [self._pending.popleft() for _ in range(count)]
+
+    def ack(self, deliveries: list[Delivery]) -> bool:
+        """PUBACK each QoS 1 delivery on the connection that delivered it; False if that
+        connection is gone (then nothing is sent: the broker delivers them again)."""
+        if self.lost.is_set():
+            return False
+        connection = self._client._connection  # noqa: SLF001 - see the module docstring
+        if connection is None or connection.is_closing():
+            return False
+        for delivery in deliveries:
+            if delivery.mid is not None:
+                connection.send_command_with_mid(MQTTCommands.PUBACK, delivery.mid, False)
+        return True
+
+    async def close(self) -> None:
+        """Leave (DISCONNECT): the session and its unacknowledged messages stay with the broker."""
+        self.lost.set()
+        self._arrived.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._client.disconnect(), CONNECT_TIMEOUT_S)

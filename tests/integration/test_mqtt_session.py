@@ -1,0 +1,132 @@
+"""ingest's MQTT adapter (services/ingest/mqtt_client.py) against the real Mosquitto: nothing
+is acknowledged until the caller says so, the receive maximum bounds what is in flight, and an
+acknowledgement never crosses to another connection."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import aiomqtt
+import pytest
+
+from libs.common.errors import MqttUnavailable
+from services.ingest.mqtt_client import Delivery, MqttSession
+from tests.integration.test_local_stack import HOST, MQTT_PORT, require_server
+
+pytestmark = pytest.mark.integration
+
+# Sessions of these tests are forgotten by the broker a minute after their last connection.
+EXPIRY_S = 60
+
+
+def session(client_id: str, receive_maximum: int = 100) -> MqttSession:
+    return MqttSession(
+        HOST, MQTT_PORT, client_id, receive_maximum=receive_maximum, session_expiry_s=EXPIRY_S
+    )
+
+
+async def publish(topic: str, payloads: list[bytes]) -> None:
+    async with aiomqtt.Client(HOST, MQTT_PORT, protocol=aiomqtt.ProtocolVersion.V5) as client:
+        for payload in payloads:
+            await client.publish(topic, payload, qos=1)
+
+
+async def take_all(mqtt: MqttSession, count: int, timeout_s: float = 10) -> list[Delivery]:
+    taken: list[Delivery] = []
+    async with asyncio.timeout(timeout_s):
+        while len(taken) < count:
+            taken += await mqtt.take(count - len(taken), 0)
+    return taken
+
+
+async def nothing_arrives(mqtt: MqttSession, within_s: float = 0.5) -> bool:
+    try:
+        async with asyncio.timeout(within_s):
+            await mqtt.take(1, 0)
+    except TimeoutError:
+        return True
+    return False
+
+
+@pytest.fixture
+def names() -> tuple[str, str]:
+    require_server("Mosquitto", MQTT_PORT)
+    run = uuid.uuid4().hex[:8]
+    return f"test-mqtt-session-{run}", f"test/mqtt-session/{run}"
+
+
+async def test_a_message_not_acknowledged_is_delivered_again_on_the_next_connection(
+    names: tuple[str, str],
+) -> None:
+    client_id, topic = names
+    payloads = [f"reading {i}".encode() for i in range(3)]
+    first = session(client_id)
+    await first.open(f"$share/ingest/{topic}")
+    await publish(topic, payloads)
+    assert [d.payload for d in await take_all(first, 3)] == payloads
+    await first.close()
+
+    second = session(client_id)
+    await second.open(f"$share/ingest/{topic}")
+    again = await take_all(second, 3)
+    assert [d.payload for d in again] == payloads
+    assert second.ack(again)
+    await second.close()
+
+    third = session(client_id)
+    await third.open(f"$share/ingest/{topic}")
+    try:
+        assert await nothing_arrives(third)
+    finally:
+        await third.close()
+
+
+async def test_the_broker_sends_no_more_than_the_receive_maximum_until_acknowledged(
+    names: tuple[str, str],
+) -> None:
+    client_id, topic = names
+    mqtt = session(client_id, receive_maximum=5)
+    await mqtt.open(topic)
+    try:
+        await publish(topic, [f"reading {i}".encode() for i in range(12)])
+        first = await take_all(mqtt, 5)
+        assert await nothing_arrives(mqtt)
+        assert mqtt.ack(first)
+        second = await take_all(mqtt, 5)
+        assert [d.payload for d in second] == [f"reading {i}".encode() for i in range(5, 10)]
+        mqtt.ack(second)
+        mqtt.ack(await take_all(mqtt, 2))
+    finally:
+        await mqtt.close()
+
+
+async def test_an_acknowledgement_for_a_lost_connection_is_never_sent_on_another(
+    names: tuple[str, str],
+) -> None:
+    client_id, topic = names
+    old = session(client_id)
+    await old.open(topic)
+    await publish(topic, [b"reading 0"])
+    taken = await take_all(old, 1)
+    # A second connection with the same client id takes the session over: the old one is lost.
+    new = session(client_id)
+    await new.open(topic)
+    try:
+        async with asyncio.timeout(5):
+            await old.lost.wait()
+        assert not old.ack(taken)
+        again = await take_all(new, 1)
+        assert again[0].payload == b"reading 0"
+        assert new.ack(again)
+    finally:
+        await old.close()
+        await new.close()
+
+
+async def test_an_unreachable_broker_is_reported_as_unavailable() -> None:
+    mqtt = MqttSession(HOST, 1, "test-mqtt-session-nowhere", receive_maximum=10, session_expiry_s=0)
+    with pytest.raises(MqttUnavailable):
+        await mqtt.open("test/nowhere")
+    assert mqtt.lost.is_set()
+    await mqtt.close()
