@@ -203,13 +203,12 @@ def _ablations(stage: str, state: dict[str, Any]) -> dict[str, Callable[[], Call
 
     if stage == "validate":
         parsed = {r.value: orjson.loads(r.value) for r in state["raw"]}
-        ctx_fields = validator.Context.__dataclass_fields__
         prebuilt: dict[str, Any] = {}
 
-        def one_context(**kwargs: Any) -> Any:
-            if "ctx" not in prebuilt:
-                prebuilt["ctx"] = validator.Context(**{k: kwargs[k] for k in ctx_fields})
-            return prebuilt["ctx"]
+        def one_lineage(*args: Any) -> Any:
+            if "lineage" not in prebuilt:
+                prebuilt["lineage"] = validator.Lineage(*args)
+            return prebuilt["lineage"]
 
         # Pre-parsed, one per reading: a single fixed time would turn readings into duplicates
         # and skip the rest of the step.
@@ -220,7 +219,7 @@ def _ablations(stage: str, state: dict[str, Any]) -> dict[str, Callable[[], Call
         return {
             "JSON decode (parse_json)": lambda: swap(validator, "parse_json", parsed.__getitem__),
             "JSON encode of the output": lambda: swap(validate_service, "encode_json", _const),
-            "Context built per record": lambda: swap(validate_service, "Context", one_context),
+            "Lineage built per record": lambda: swap(validate_service, "Lineage", one_lineage),
             "timestamp parse and checks": lambda: swap(
                 validator, "_timestamp", lambda value, *_a: times[value]
             ),

@@ -30,7 +30,7 @@ from services.validate.dedup import Deduplicator
 from services.validate.rules import load_rules
 from services.validate.service import MIN_TIME
 from services.validate.settings import ValidateSettings
-from services.validate.validator import Context, validate
+from services.validate.validator import Context, Lineage, validate
 
 
 def build(settings: ValidateSettings) -> Application:
@@ -56,23 +56,22 @@ def build(settings: ValidateSettings) -> Application:
         found = dict(headers or ())
         now = datetime.now(UTC)
         ctx = Context(
-            rules=rules,
-            now=now,
-            max_future_skew_s=settings.max_future_skew_s,
-            min_time=MIN_TIME,
-            source=_text(found.get(HEADER_SOURCE)) or "batch",
-            received_at=_text(found.get(HEADER_RECEIVED_AT)) or now.isoformat(),
-            trace_id=_text(found.get(HEADER_TRACE_ID)) or "",
+            rules=rules, now=now, max_future_skew_s=settings.max_future_skew_s, min_time=MIN_TIME
+        )
+        lineage = Lineage(
+            _text(found.get(HEADER_SOURCE)) or "batch",
+            _text(found.get(HEADER_RECEIVED_AT)) or now.isoformat(),
+            _text(found.get(HEADER_TRACE_ID)) or "",
         )
         try:
-            reading = validate(value, ctx)
+            reading = validate(value, ctx, lineage)
         except RecordError as error:
             letter = dead_letter(
                 value,
                 stage=Stage.VALIDATE,
                 error_type=error.error_type,
                 reasons=error.reasons,
-                trace_id=ctx.trace_id,
+                trace_id=lineage.trace_id,
                 device_id=_text(key),
             )
             return {"dlq": orjson.dumps(letter)}

@@ -24,7 +24,7 @@ from libs.common.service import run_kafka_stage
 from services.validate.dedup import Deduplicator
 from services.validate.rules import Rules, load_rules
 from services.validate.settings import ValidateSettings
-from services.validate.validator import Context, validate
+from services.validate.validator import Context, Lineage, validate
 
 # Readings stamped before this are a device whose clock was never set.
 MIN_TIME = datetime(2000, 1, 1, tzinfo=UTC)
@@ -39,23 +39,20 @@ def make_step(
 ) -> Callable[[Sequence[ConsumerRecord]], StepResult]:
     def step(records: Sequence[ConsumerRecord]) -> StepResult:
         now = clock()
+        ctx = Context(rules=rules, now=now, max_future_skew_s=max_future_skew_s, min_time=MIN_TIME)
+        default_source, default_received_at = Source.BATCH.value, now.isoformat()
         result = StepResult()
         batch_keys: dict[tuple[str, str], None] = {}
         for record in records:
             headers = dict(record.headers or ())
-            ctx = Context(
-                rules=rules,
-                now=now,
-                max_future_skew_s=max_future_skew_s,
-                min_time=MIN_TIME,
-                source=_text(headers.get(HEADER_SOURCE)) or Source.BATCH.value,
-                received_at=_text(headers.get(HEADER_RECEIVED_AT)) or now.isoformat(),
-                trace_id=_text(headers.get(HEADER_TRACE_ID))
-                or f"kafka:{record.partition}:{record.offset}",
+            lineage = Lineage(
+                _text(headers.get(HEADER_SOURCE)) or default_source,
+                _text(headers.get(HEADER_RECEIVED_AT)) or default_received_at,
+                _text(headers.get(HEADER_TRACE_ID)) or f"kafka:{record.partition}:{record.offset}",
             )
             payload: bytes = record.value or b""
             try:
-                reading = validate(payload, ctx)
+                reading = validate(payload, ctx, lineage)
             except RecordError as error:
                 result.dead_letters.append(
                     dead_letter(
@@ -66,7 +63,7 @@ def make_step(
                         topic=record.topic,
                         partition=record.partition,
                         offset=record.offset,
-                        trace_id=ctx.trace_id,
+                        trace_id=lineage.trace_id,
                         device_id=_key_text(record.key),
                     )
                 )

@@ -6,9 +6,9 @@ No I/O and no state here; duplicate detection lives in `dedup.py`, the Kafka loo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
 
 from libs.common.errors import (
     MissingDeviceId,
@@ -31,26 +31,38 @@ _KNOWN = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """What the step needs besides the payload: rules, clock bounds and lineage."""
+    """What the step needs besides the payload, the same for a whole batch: rules and the
+    clock's bounds."""
 
     rules: Rules
     now: datetime
     max_future_skew_s: float
     min_time: datetime
+    # The latest time accepted: now + max_future_skew_s.
+    max_time: datetime = field(init=False)
+
+    def __post_init__(self) -> None:
+        latest = self.now + timedelta(seconds=self.max_future_skew_s)
+        object.__setattr__(self, "max_time", latest)
+
+
+class Lineage(NamedTuple):
+    """Where one reading came from, carried into its output unchanged."""
+
     source: str
     received_at: str
     trace_id: str
 
 
-def validate(payload: bytes, ctx: Context) -> dict[str, Any]:
+def validate(payload: bytes, ctx: Context, lineage: Lineage) -> dict[str, Any]:
     """Return the validated reading (ValidatedReading's fields) or raise with every reason."""
     data = parse_json(payload)
     if not isinstance(data, dict):
         raise NotAnObject(f"a reading must be a JSON object, got {type(data).__name__}")
-    return validate_object(data, ctx)
+    return validate_object(data, ctx, lineage)
 
 
-def validate_object(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+def validate_object(data: dict[str, Any], ctx: Context, lineage: Lineage) -> dict[str, Any]:
     type_errors: list[str] = []
     rule_errors: list[str] = []
 
@@ -69,9 +81,9 @@ def validate_object(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {
         "device_id": device_id,
         "time": time.isoformat() if time else None,
-        "source": ctx.source,
-        "received_at": ctx.received_at,
-        "trace_id": ctx.trace_id,
+        "source": lineage.source,
+        "received_at": lineage.received_at,
+        "trace_id": lineage.trace_id,
     }
     for name in MEASUREMENTS:
         out[name] = _number(name, data.get(name), type_errors)
@@ -139,7 +151,13 @@ def _timestamp(
             "timestamp must be ISO 8601 text or epoch seconds/milliseconds, got bool"
         )
         return None
-    if isinstance(value, str) and value.strip().lstrip("-").replace(".", "", 1).isdigit():
+    # Epoch seconds as text; an ISO 8601 time always has its "T" (or a space) and is not all
+    # digits, so the common case skips the digit test.
+    if (
+        isinstance(value, str)
+        and "T" not in value
+        and value.strip().lstrip("-").replace(".", "", 1).isdigit()
+    ):
         value = float(value)
     if isinstance(value, int | float):
         if not math.isfinite(value):
@@ -160,17 +178,18 @@ def _timestamp(
         if parsed.tzinfo is None:
             type_errors.append(f"timestamp has no UTC offset: {value[:64]!r}")
             return None
-        try:
-            parsed = parsed.astimezone(UTC)
-        except OverflowError:
-            rule_errors.append(f"timestamp out of range: {value[:64]!r}")
-            return None
+        if parsed.tzinfo is not UTC:  # "Z" already parses as UTC
+            try:
+                parsed = parsed.astimezone(UTC)
+            except OverflowError:
+                rule_errors.append(f"timestamp out of range: {value[:64]!r}")
+                return None
     else:
         type_errors.append(f"timestamp must be {_TIME_FORMS}, got {_kind(value)}")
         return None
     if parsed < ctx.min_time:
         rule_errors.append(f"timestamp too far in the past: {parsed.isoformat()}")
-    elif (parsed - ctx.now).total_seconds() > ctx.max_future_skew_s:
+    elif parsed > ctx.max_time:
         rule_errors.append(f"timestamp in the future: {parsed.isoformat()}")
     return parsed
 

@@ -18,17 +18,15 @@ from libs.common.errors import RecordError
 from libs.common.models import ValidatedReading
 from services.ingest.intake import check_message, split_body
 from services.validate.rules import load_rules
-from services.validate.validator import Context, validate
+from services.validate.validator import Context, Lineage, validate
 
 CTX = Context(
     rules=load_rules(),
     now=datetime(2026, 11, 27, 6, 0, tzinfo=UTC),
     max_future_skew_s=300.0,
     min_time=datetime(2000, 1, 1, tzinfo=UTC),
-    source="http",
-    received_at="2026-11-27T06:00:00+00:00",
-    trace_id="t",
 )
+LINEAGE = Lineage(source="http", received_at="2026-11-27T06:00:00+00:00", trace_id="t")
 
 hostile_text = st.one_of(
     st.text(max_size=40),
@@ -112,7 +110,7 @@ def test_any_json_object_is_either_a_storable_reading_or_a_typed_rejection(
     except (TypeError, orjson.JSONEncodeError):
         return  # not representable as JSON (e.g. a lone surrogate): cannot arrive as JSON
     try:
-        out = validate(payload, CTX)
+        out = validate(payload, CTX, LINEAGE)
     except RecordError as error:
         assert error.reasons and all(isinstance(r, str) and r for r in error.reasons)
         return
@@ -122,7 +120,7 @@ def test_any_json_object_is_either_a_storable_reading_or_a_typed_rejection(
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=300))
 def test_any_bytes_are_either_accepted_or_rejected_with_a_reason(payload: bytes) -> None:
-    for step in (lambda p: validate(p, CTX), check_message):
+    for step in (lambda p: validate(p, CTX, LINEAGE), check_message):
         try:
             step(payload)
         except RecordError as error:
@@ -134,7 +132,7 @@ def test_any_bytes_are_either_accepted_or_rejected_with_a_reason(payload: bytes)
 
 def test_deep_nesting_is_rejected_not_a_crash() -> None:
     deep = b'{"device_id": "d", "timestamp": 1, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    for step in (lambda p: validate(p, CTX), check_message):
+    for step in (lambda p: validate(p, CTX, LINEAGE), check_message):
         try:
             step(deep)
         except RecordError as error:
@@ -145,5 +143,6 @@ def test_deep_nesting_is_rejected_not_a_crash() -> None:
 
 def test_sql_and_shell_looking_device_ids_are_just_names() -> None:
     for device_id in ("'; DROP TABLE sensor_readings; --", "$(rm -rf /)", "`reboot`"):
-        out = validate(orjson.dumps({"device_id": device_id, "timestamp": 1795755600}), CTX)
+        payload = orjson.dumps({"device_id": device_id, "timestamp": 1795755600})
+        out = validate(payload, CTX, LINEAGE)
         assert out["device_id"] == device_id
