@@ -25,10 +25,13 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from bench.stats import Sample
 from libs.common.db import migrate
-from libs.common.settings import DEFAULT_DATABASE_URL
+from libs.common.settings import DEFAULT_DATABASE_URL, PipelineSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+# What the services' producers compress with (PRODUCER_COMPRESSION or the default), so the
+# pre-filled topics and the Java producer's limit are what the stages see and do.
+PRODUCER_COMPRESSION = PipelineSettings().producer_compression
 DATABASE_URL = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
 MQTT_HOST = "127.0.0.1"
 MQTT_PORT = int(os.environ.get("MQTT_PORT", "1883"))
@@ -100,7 +103,7 @@ async def produce(topic: str, records: Sequence[Record], partitions: int = PARTI
     producer = AIOKafkaProducer(
         bootstrap_servers=KAFKA,
         acks="all",
-        compression_type="lz4",
+        compression_type=PRODUCER_COMPRESSION,
         linger_ms=20,
         max_batch_size=1024 * 1024,
         client_id="bench-prefill",

@@ -14,7 +14,14 @@ import psutil
 
 from bench import mqtt
 from bench.context import Bench
-from bench.infra import KAFKA, connect_db, create_schema, create_topics, kafka_tool
+from bench.infra import (
+    KAFKA,
+    PRODUCER_COMPRESSION,
+    connect_db,
+    create_schema,
+    create_topics,
+    kafka_tool,
+)
 from bench.mqtt_clients import CLIENTS
 from bench.parsing import parse_consumer_perf, parse_producer_perf
 from bench.report import Row
@@ -25,7 +32,7 @@ from services.store.writer import COLUMNS
 PRODUCER_PROPS = (
     "acks=all",
     "enable.idempotence=true",
-    "compression.type=lz4",
+    f"compression.type={PRODUCER_COMPRESSION}",
     "linger.ms=5",
     "batch.size=524288",
 )
@@ -64,7 +71,7 @@ async def kafka_tools(bench: Bench) -> None:
         Row(
             "limit.kafka_producer",
             "limit",
-            "Kafka producer-perf (Java, acks=all, idempotent, lz4)",
+            f"Kafka producer-perf (Java, acks=all, idempotent, {PRODUCER_COMPRESSION})",
             parse_producer_perf(output),
             note=f"{n:,} readings",
         )

@@ -42,11 +42,12 @@ INPUT = {"validate": "raw", "enrich": "validated", "store": "enriched"}
 # Substrings of a frame that mark a part of the loop; a sample counts once per landmark.
 LANDMARKS = {
     "pure step (make_step's step, Store.step)": ("make_step.<locals>.step", "Store.step"),
-    "producing: send() per record, batching, lz4": (
-        "send_record",
+    "producing: batching, compression, sending": (
+        "send_records",
         "AIOKafkaProducer.send",
         "message_accumulator",
         "lz4_encode",
+        "zstd_encode",
         "Sender.",
     ),
     "  of which choosing the partition": ("AIOKafkaProducer._partition",),
