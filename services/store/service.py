@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from itertools import chain
 from operator import itemgetter
@@ -42,24 +42,44 @@ class Store:
         result = StepResult()
         rows: list[Row] = []
         sources: list[ConsumerRecord] = []
+        decoded = self._decode(records, rows, sources, result)
+        first = next(decoded, None)
+        if first is None:
+            return result
+        started = time.perf_counter()
+        written: list[Sequence[Row]] = []
+        try:
+            # Decoding goes on while the COPY streams: the server inserts what it has.
+            # A DatabaseUnavailable escapes to the runner, which retries the whole batch.
+            await write_rows(self.pool, chain((first,), decoded))
+            written.append(rows)
+        except StorageRejected:
+            for _ in decoded:  # decodes what the failed COPY had not taken yet into rows
+                pass
+            await self._write(rows, sources, result, written)
+        metrics.DB_WRITE_SECONDS.labels(Stage.STORE.value).observe(time.perf_counter() - started)
+        self.readiness.set("database", True)
+        self._observe_latency(written)
+        return result
+
+    def _decode(
+        self,
+        records: Sequence[ConsumerRecord],
+        rows: list[Row],
+        sources: list[ConsumerRecord],
+        out: StepResult,
+    ) -> Iterator[Row]:
+        """Rows of the records that decode, kept in `rows` with their record in `sources`;
+        the others go to `out` as dead letters."""
         for record in records:
             try:
-                rows.append(to_row(orjson.loads(record.value or b"")))
+                row = to_row(orjson.loads(record.value or b""))
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-                result.dead_letters.append(self._dead(record, "MalformedEnrichedRecord", repr(e)))
+                out.dead_letters.append(self._dead(record, "MalformedEnrichedRecord", repr(e)))
                 continue
+            rows.append(row)
             sources.append(record)
-        if rows:
-            started = time.perf_counter()
-            # A DatabaseUnavailable escapes to the runner, which retries the whole batch.
-            written: list[Sequence[Row]] = []
-            await self._write(rows, sources, result, written)
-            metrics.DB_WRITE_SECONDS.labels(Stage.STORE.value).observe(
-                time.perf_counter() - started
-            )
-            self.readiness.set("database", True)
-            self._observe_latency(written)
-        return result
+            yield row
 
     async def _write(
         self,

@@ -4,7 +4,7 @@ NOTHING instead, so a batch written twice leaves the table as it was."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -98,29 +98,45 @@ async def prepare_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-async def write_rows(pool: asyncpg.Pool, rows: Sequence[Row]) -> int:
-    """Write rows idempotently; returns how many were new. Raises typed errors only."""
+async def write_rows(pool: asyncpg.Pool, rows: Iterable[Row]) -> int:
+    """Write rows idempotently; returns how many were new. Raises typed errors only.
+
+    `rows` may be lazy (a generator decoding them): asyncpg sends the COPY in pieces of
+    512 KiB, so the server inserts the first rows while the next are being made.
+    """
+    source = iter(rows)
+    taken: list[Row] = []
     try:
         async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             try:
                 # The common case, no row there yet: one binary COPY straight into the table,
                 # the fastest write PostgreSQL has (a COPY is one statement: all rows or none).
-                await conn.copy_records_to_table(_TABLE, records=rows, columns=COLUMNS)
-                return len(rows)
+                await conn.copy_records_to_table(
+                    _TABLE, records=_kept(source, taken), columns=COLUMNS
+                )
+                return len(taken)
             except asyncpg.UniqueViolationError:
                 # Some rows are there already (a batch written again after a restart, or two
                 # equal keys in one batch): merge, skipping what the table holds.
-                return await _merge(conn, rows)
+                taken.extend(source)
+                return await _merge(conn, taken)
     except (TypeError, ValueError) as error:
         # The binary codec refused a value of the wrong type before it left (asyncpg's own
         # DataError is one of these, so this comes before CONNECTION_ERRORS).
         raise StorageRejected(f"{type(error).__name__}: {error}") from error
     except CONNECTION_ERRORS as error:
-        raise DatabaseUnavailable(f"writing {len(rows)} rows: {error!r}") from error
+        raise DatabaseUnavailable(f"writing {len(taken)}+ rows: {error!r}") from error
     except asyncpg.PostgresError as error:
         if _is_transient(error):
-            raise DatabaseUnavailable(f"writing {len(rows)} rows: {error!r}") from error
+            raise DatabaseUnavailable(f"writing {len(taken)}+ rows: {error!r}") from error
         raise StorageRejected(f"{type(error).__name__}: {error}") from error
+
+
+def _kept(rows: Iterator[Row], taken: list[Row]) -> Iterator[Row]:
+    # The rows the COPY took, for a merge if it fails.
+    for row in rows:
+        taken.append(row)
+        yield row
 
 
 async def _merge(conn: asyncpg.Connection, rows: Sequence[Row]) -> int:

@@ -79,3 +79,17 @@ async def test_a_malformed_record_goes_to_the_dlq_without_stopping_the_batch(
     result = await store.step(batch)
     assert sorted(d["source_offset"] for d in result.dead_letters) == [98, 99]
     assert await db.fetchval("SELECT count(*) FROM sensor_readings") == 2
+
+
+async def test_a_refused_row_early_in_a_long_batch_loses_none_of_the_rows_decoded_after_it(
+    store: Store, db: asyncpg.Connection
+) -> None:
+    # Longer than one 512 KiB piece of the COPY: the server refuses row 100 while the rest of
+    # the batch is still being decoded.
+    readings = [enriched(f"dev-{m % 7}", m) for m in range(6000)]
+    readings[100] = enriched("dev-2", 100, place="bad\x00place")
+    batch = records(readings)
+    batch[5800] = records([{"device_id": "dev-1"}], first_offset=5800)[0]
+    result = await store.step(batch)
+    assert sorted(d["source_offset"] for d in result.dead_letters) == [100, 5800]
+    assert await db.fetchval("SELECT count(*) FROM sensor_readings") == 5998
