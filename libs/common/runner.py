@@ -64,7 +64,8 @@ class RunnerConfig:
     group_id: str
     max_records: int = 2000
     poll_timeout_ms: int = 200
-    # Keep polling until this many records or this long has passed: store wants big batches.
+    # After the first records of a batch, keep polling until max_records or this long has
+    # passed: fewer, larger transactions (and database writes) under load.
     batch_max_wait_ms: int = 0
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 10.0
@@ -132,21 +133,30 @@ class StageRunner:
             await self._record_lag(batches)
 
     async def _poll(self, stop: asyncio.Event) -> Batches:
+        """The next batch: what the first poll brings, topped up until `max_records` or until
+        `batch_max_wait_ms` after that first poll (fewer, larger transactions under load)."""
         cfg = self.config
         batches: Batches = {}
         count = 0
-        deadline = time.monotonic() + cfg.batch_max_wait_ms / 1000
+        timeout_ms = cfg.poll_timeout_ms
+        deadline = 0.0
         while True:
             fetched = await self.consumer.getmany(
-                timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_records - count
+                timeout_ms=timeout_ms, max_records=cfg.max_records - count
             )
             for tp, records in fetched.items():
                 batches.setdefault(tp, []).extend(records)
                 count += len(records)
-            if count >= cfg.max_records or time.monotonic() >= deadline or stop.is_set():
+            if not batches or count >= cfg.max_records or stop.is_set():
                 return batches
-            if not fetched and not batches:
+            if not deadline:
+                deadline = time.monotonic() + cfg.batch_max_wait_ms / 1000
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
                 return batches
+            # Never wait past the deadline for more: a batch in hand is not held back by the
+            # poll timeout.
+            timeout_ms = min(cfg.poll_timeout_ms, remaining_ms)
 
     async def _step_unless_stuck(
         self, batches: Batches, records: list[ConsumerRecord], stop: asyncio.Event

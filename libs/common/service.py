@@ -162,7 +162,7 @@ async def run_kafka_stage(
     output_topic: str | None,
     step: Step,
     readiness: Readiness,
-    batch_max_wait_ms: int = 0,
+    batch_max_wait_ms: int | None = None,
     max_records: int | None = None,
 ) -> None:
     """Consume `input_topic`, run `step` on each batch, produce and commit, until `stop`."""
@@ -186,7 +186,9 @@ async def run_kafka_stage(
                 group_id=settings.consumer_group,
                 max_records=max_records or settings.consumer_max_records,
                 poll_timeout_ms=settings.consumer_poll_timeout_ms,
-                batch_max_wait_ms=batch_max_wait_ms,
+                batch_max_wait_ms=settings.batch_max_wait_ms
+                if batch_max_wait_ms is None
+                else batch_max_wait_ms,
                 backoff_max_s=settings.retry_max_wait_s,
                 poison_attempts=settings.poison_attempts,
             ),
