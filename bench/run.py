@@ -4,7 +4,8 @@ Prints progress and a table, and writes bench/results/<date>.json, .md and .png.
 is measured in this run beside its reference (Kafka's own tools, binary COPY, bare Mosquitto
 clients, the peers), so ratios hold on a shared, noisy machine where absolute numbers do not.
 The full run takes about six minutes (each step is bounded, the whole well under fifteen);
---quick (or BENCH_QUICK=1) about two, with small counts.
+--quick (or BENCH_QUICK=1) about two, with small counts; --only TEXT runs only the steps whose
+title holds TEXT (files named <date>-partial).
 """
 
 from __future__ import annotations
@@ -65,6 +66,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small counts, about two minutes")
     parser.add_argument(
         "--out", type=Path, default=RESULTS_DIR, help="where the JSON, markdown and PNG go"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="TEXT",
+        help="run only the steps whose title holds TEXT (e.g. 'end to end', 'stage: enrich'); "
+        "the files are then named <date>-partial",
     )
     return parser.parse_args(argv)
 
@@ -156,7 +164,9 @@ def _plan_dict(plan: Plan) -> dict[str, Any]:
     return {name: getattr(plan, name) for name in plan.__dataclass_fields__}
 
 
-async def run(plan: Plan, out_dir: Path, console: Console) -> Results:
+async def run(
+    plan: Plan, out_dir: Path, console: Console, only: list[str] | None = None
+) -> Results:
     names = Names(uuid.uuid4().hex[:8])
     log_dir = Path(tempfile.mkdtemp(prefix=f"bench-{names.run_id}-"))
     meta = await machine(plan)
@@ -194,6 +204,9 @@ async def run(plan: Plan, out_dir: Path, console: Console) -> Results:
         ("peer: naive per-record", stages.naive),
         ("end to end: sustained rate, then latency at 25/50/90 %", e2e.run),
     ]
+    if only:
+        meta["only"] = only
+        steps = [s for s in steps if s[0].startswith("prepare") or any(t in s[0] for t in only)]
     try:
         for title, action in steps:
             with bench.step(title) as go:
@@ -225,6 +238,8 @@ def write(results: Results, out_dir: Path, console: Console) -> list[Path]:
     stem = datetime.now(UTC).strftime("%Y-%m-%d") + (
         "-quick" if results.meta["mode"] == "quick" else ""
     )
+    if results.meta.get("only"):
+        stem += "-partial"
     paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md", out_dir / f"{stem}.png"]
     paths[0].write_bytes(orjson.dumps(results.to_json(), option=orjson.OPT_INDENT_2) + b"\n")
     header = (
@@ -251,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         console.print(f"[red]{', '.join(missing)} not reachable: start the stack with `make up`")
         return 2
-    results = asyncio.run(run(plan, args.out, console))
+    results = asyncio.run(run(plan, args.out, console, args.only))
     console.print(throughput_table(results))
     console.print(latency_table(results))
     console.print(targets_table(results))
