@@ -13,6 +13,12 @@ in the order the messages came, once their batch was handed over. A PUBACK belon
 to the connection that delivered the message: after a reconnect the broker sends the
 unacknowledged messages again and may reuse their packet ids for others, so acknowledgements
 for a lost connection are dropped, never sent on a new one.
+
+Memory: the Receive Maximum should bound what the broker sends ahead of our PUBACKs, but
+Mosquitto 2.0.11 exceeds it when it drains a backlog queued while we were away (it sent 24,500
+of 30,000 queued with a Receive Maximum of 1,000; fixed upstream in 2.0.13, "inflight quota
+management"). So we also stop reading from the socket while `receive_maximum` messages wait
+here: TCP then holds the broker back, and the backlog stays in the broker, not in ingest.
 """
 
 from __future__ import annotations
@@ -74,6 +80,10 @@ class MqttSession:
         self.port = port
         self.lost = asyncio.Event()
         self._pending: deque[Delivery] = deque()
+        self._high_water = receive_maximum
+        # Only once subscribed: a paused socket would hold back the SUBACK that open() awaits.
+        self._flow_control = False
+        self._reading_paused = False
         self._arrived = asyncio.Event()
         self._subacks: dict[int, asyncio.Future[list[int]]] = {}
         self._client = _Client(
@@ -95,6 +105,26 @@ class MqttSession:
     def _on_qos1(self, mid: int, payload: bytes, _topic: str, _properties: Any) -> None:
         self._pending.append(Delivery(payload, mid))
         self._arrived.set()
+        if self._flow_control and len(self._pending) >= self._high_water:
+            if not self._reading_paused:
+                self._pause_reading(True)
+
+    def _pause_reading(self, pause: bool) -> None:
+        # gmqtt has no flow control of its own: pause its socket. Its asyncio StreamReader
+        # also pauses the socket when its buffer is full and resumes it when the buffer has
+        # drained, which would undo our pause: it is told the pause is not its own.
+        connection = self._client._connection  # noqa: SLF001
+        transport = getattr(connection, "_transport", None)
+        if transport is None or transport.is_closing():
+            return
+        if pause:
+            transport.pause_reading()
+            reader = getattr(getattr(connection, "_protocol", None), "_hard_reader", None)
+            if reader is not None:
+                reader._paused = False  # noqa: SLF001
+        else:
+            transport.resume_reading()
+        self._reading_paused = pause
 
     def _on_message(
         self, _client: Any, _topic: str, payload: bytes, _qos: int, _properties: Any
@@ -131,6 +161,9 @@ class MqttSession:
         if not granted or granted[0] >= 0x80:
             self.lost.set()
             raise MqttUnavailable(f"subscription to {topic} refused: {granted}")
+        self._flow_control = True
+        if len(self._pending) >= self._high_water:
+            self._pause_reading(True)
 
     async def take(self, max_count: int, max_wait_s: float) -> list[Delivery]:
         """Up to `max_count` messages, waiting for the first; then at most `max_wait_s` for
@@ -145,7 +178,10 @@ class MqttSession:
         if len(self._pending) < max_count and max_wait_s > 0:
             await asyncio.sleep(max_wait_s)
         count = min(max_count, len(self._pending))
-        return [self._pending.popleft() for _ in range(count)]
+        taken = [self._pending.popleft() for _ in range(count)]
+        if self._reading_paused and len(self._pending) < self._high_water // 2:
+            self._pause_reading(False)
+        return taken
 
     def ack(self, deliveries: list[Delivery]) -> bool:
         """PUBACK each QoS 1 delivery on the connection that delivered it; False if that

@@ -37,12 +37,17 @@ async def watch_readiness(chain: Chain, stop: asyncio.Event, seen: dict[str, set
             await asyncio.sleep(0.5)
 
 
-# Known, under investigation: across a Mosquitto restart, about one MQTT batch in flight to
-# ingest (delivered, not yet acknowledged) was once not delivered again (10 of 2,746 readings);
-# other runs lose nothing. See docs/reliability.md.
+# Known, and Mosquitto's: Mosquitto 2.0.11 (the local stack's) does not save shared
+# subscriptions in its persistence file, so after a restart ingest's `$share/ingest/...`
+# subscription is gone until ingest reconnects and subscribes again; what a device publishes
+# in between (it often reconnects first) reaches no one, yet was acknowledged to it. Ingest
+# reconnects within about a second to keep the window short; docs/reliability.md.
 MOSQUITTO_RESTART = pytest.param(
     "mosquitto",
-    marks=pytest.mark.xfail(strict=False, reason="in-flight MQTT batch lost across a restart"),
+    marks=pytest.mark.xfail(
+        strict=False,
+        reason="Mosquitto 2.0.11 forgets shared subscriptions across a restart",
+    ),
 )
 
 

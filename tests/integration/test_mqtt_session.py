@@ -130,3 +130,35 @@ async def test_an_unreachable_broker_is_reported_as_unavailable() -> None:
         await mqtt.open("test/nowhere")
     assert mqtt.lost.is_set()
     await mqtt.close()
+
+
+async def test_a_backlog_queued_while_away_waits_in_the_broker_not_in_memory(
+    names: tuple[str, str],
+) -> None:
+    client_id, topic = names
+    first = session(client_id, receive_maximum=50)
+    await first.open(topic)
+    await first.close()
+    backlog = [f"{i:05d}".encode() + b"x" * 1000 for i in range(3000)]
+    await publish(topic, backlog)
+    mqtt = session(client_id, receive_maximum=50)
+    await mqtt.open(topic)
+    received: list[bytes] = []
+    try:
+        # Acknowledging is what made Mosquitto 2.0.11 send past the receive maximum.
+        for _ in range(3):
+            batch = await take_all(mqtt, 50)
+            received += [d.payload for d in batch]
+            mqtt.ack(batch)
+        await asyncio.sleep(1)
+        # What waits here: the receive maximum and what was read from the socket before it
+        # was paused (its buffers hold about 190 of these 1 KiB messages).
+        assert len(mqtt._pending) < 400
+        while len(received) < len(backlog):
+            batch = await take_all(mqtt, 1)
+            batch += await mqtt.take(500, 0)
+            received += [d.payload for d in batch]
+            mqtt.ack(batch)
+        assert received == backlog
+    finally:
+        await mqtt.close()
