@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -361,7 +362,7 @@ def server_processes() -> dict[str, list[psutil.Process]]:
     for process in psutil.process_iter(["name", "cmdline"]):
         name = process.info["name"] or ""
         cmdline = " ".join(process.info["cmdline"] or ())
-        if stack not in cmdline:
+        if not runs_from_stack(cmdline, stack):
             continue
         if name == "java" and "kafka.Kafka" in cmdline:
             found["kafka"].append(process)
@@ -372,6 +373,16 @@ def server_processes() -> dict[str, list[psutil.Process]]:
             found["postgres"].append(process)
             found["postgres"].extend(process.children(recursive=True))
     return found
+
+
+def runs_from_stack(cmdline: str, stack: str) -> bool:
+    """Whether a server's command line uses `stack`'s own directories. A second stack nested in
+    it (the fault tests' own, under .stack/fault) is not the one measured, and may stop in the
+    middle of a step."""
+    dirs = "(kafka|pg|mosquitto|run|logs)"
+    own = re.search(re.escape(stack) + "/" + dirs + r"\b", cmdline)
+    nested = re.search(re.escape(stack) + r"/[^/\s]+/" + dirs + r"(/|\s|$)", cmdline)
+    return own is not None and nested is None
 
 
 class MachineLoad:

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from bench.infra import runs_from_stack
 from bench.parsing import parse_consumer_perf, parse_producer_perf
 from bench.report import LatencyRow, Results, Row, evaluate_targets, to_markdown
 from bench.stats import (
@@ -168,3 +169,25 @@ def test_tool_output_without_a_summary_is_an_error() -> None:
         parse_producer_perf("Exception in thread main")
     with pytest.raises(ValueError):
         parse_consumer_perf("WARN nothing consumed")
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "ours"),
+    [
+        (
+            "java -cp S/kafka/libs/* -Dkafka.logs.dir=S/logs kafka.Kafka S/run/kafka.properties",
+            True,
+        ),
+        (
+            "java -cp S/kafka/libs/* -Dkafka.logs.dir=S/fault/logs kafka.Kafka S/fault/run/k.p",
+            False,
+        ),
+        ("/usr/sbin/mosquitto -c S/mosquitto/mosquitto.conf", True),
+        ("/usr/sbin/mosquitto -c S/fault/mosquitto/mosquitto.conf", False),
+        ("/usr/lib/postgresql/15/bin/postgres -D S/pg/data", True),
+        ("/usr/lib/postgresql/15/bin/postgres -D S/fault/pg/data", False),
+        ("/usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/15/main", False),
+    ],
+)
+def test_only_this_stacks_servers_are_charged_their_cpu(cmdline: str, ours: bool) -> None:
+    assert runs_from_stack(cmdline.replace("S/", "/r/.stack/"), "/r/.stack") is ours
