@@ -98,6 +98,9 @@ class StageRunner:
         self._outages = 0
         # (first offsets of the failing batch, attempts so far) for poison detection.
         self._failing: tuple[dict[TopicPartition, int], int] | None = None
+        # Partitions this replica reports a lag for: dropped when a rebalance takes them away,
+        # or the gauge would keep its last value on two replicas at once.
+        self._lag_reported: set[TopicPartition] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process batches until `stop` is set; the batch in hand is finished and committed."""
@@ -105,6 +108,7 @@ class StageRunner:
         self.readiness.set("pipeline", True)
         while not stop.is_set():
             batches = await self._poll(stop)
+            self._forget_lost_partitions()
             if not batches:
                 continue
             records = [r for rs in batches.values() for r in rs]
@@ -332,6 +336,18 @@ class StageRunner:
                 metrics.CONSUMER_LAG.labels(self.config.stage, tp.topic, str(tp.partition)).set(
                     max(0, highwater - position)
                 )
+                self._lag_reported.add(tp)
+
+    def _forget_lost_partitions(self) -> None:
+        if not self._lag_reported:
+            return
+        lost = self._lag_reported - self.consumer.assignment()
+        for tp in lost:
+            try:
+                metrics.CONSUMER_LAG.remove(self.config.stage, tp.topic, str(tp.partition))
+            except KeyError:
+                pass
+        self._lag_reported -= lost
 
 
 class _StepFailed(PipelineError):

@@ -1,6 +1,7 @@
-"""How the runner gathers a batch: the first poll waits for records, later ones top the batch
-up without waiting past `batch_max_wait_ms`. A scripted consumer stands in for getmany's
-answers; the runner against the real broker is tested in tests/integration/test_runner.py."""
+"""How the runner gathers a batch (the first poll waits for records, later ones top the batch
+up without waiting past `batch_max_wait_ms`) and drops the lag of partitions it lost. A
+scripted consumer stands in for the consumer's answers; the runner against the real broker is
+tested in tests/integration/test_runner.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
 
+from libs.common import metrics
 from libs.common.health import Readiness
 from libs.common.runner import RunnerConfig, StageRunner, StepResult
 
@@ -27,6 +29,10 @@ class ScriptedConsumer:
     def __init__(self, answers: list[dict[TopicPartition, list[ConsumerRecord]]]) -> None:
         self.answers = answers
         self.calls: list[tuple[int, int]] = []
+        self.assigned: set[TopicPartition] = {TP}
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
 
     async def getmany(self, *, timeout_ms: int, max_records: int) -> Any:
         self.calls.append((timeout_ms, max_records))
@@ -71,3 +77,27 @@ async def test_without_a_batch_wait_the_first_records_are_the_batch() -> None:
     consumer = ScriptedConsumer([{TP: records(0, 3)}, {TP: records(3, 2)}])
     got = await runner(consumer, batch_max_wait_ms=0)._poll(asyncio.Event())
     assert len(got[TP]) == 3
+
+
+def lag_labels(stage: str) -> set[str]:
+    return {
+        s.labels["partition"]
+        for metric in metrics.CONSUMER_LAG.collect()
+        for s in metric.samples
+        if s.labels["stage"] == stage
+    }
+
+
+def test_a_partition_taken_away_by_a_rebalance_stops_reporting_its_lag() -> None:
+    consumer = ScriptedConsumer([])
+    stage_runner = runner(consumer)
+    stage = "lag-test"
+    stage_runner.config.stage = stage
+    kept, lost = TopicPartition("raw", 0), TopicPartition("raw", 1)
+    for tp in (kept, lost):
+        metrics.CONSUMER_LAG.labels(stage, tp.topic, str(tp.partition)).set(42)
+        stage_runner._lag_reported.add(tp)
+    consumer.assigned = {kept}
+    stage_runner._forget_lost_partitions()
+    assert lag_labels(stage) == {"0"}
+    assert stage_runner._lag_reported == {kept}
