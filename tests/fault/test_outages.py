@@ -25,7 +25,15 @@ AFFECTED = {
 }
 
 
-async def watch_readiness(chain: Chain, stop: asyncio.Event, seen: dict[str, set[int]]) -> None:
+async def watch_readiness(
+    chain: Chain,
+    stop: asyncio.Event,
+    seen: dict[str, set[int]],
+    ready_again: dict[str, list[float]] | None = None,
+) -> None:
+    """Note every /readyz status of each service, and (in `ready_again`) when it turned 200
+    after not being ready."""
+    last: dict[str, int] = {}
     async with httpx.AsyncClient(timeout=2) as http:
         while not stop.is_set():
             for name, service in list(chain.services.items()):
@@ -34,24 +42,23 @@ async def watch_readiness(chain: Chain, stop: asyncio.Event, seen: dict[str, set
                 except httpx.HTTPError:
                     status = 0
                 seen.setdefault(name, set()).add(status)
-            await asyncio.sleep(0.5)
+                if ready_again is not None and status == 200 and last.get(name, 200) != 200:
+                    ready_again.setdefault(name, []).append(time.monotonic())
+                last[name] = status
+            await asyncio.sleep(0.2)
 
 
-# Known, and Mosquitto's: Mosquitto 2.0.11 (the local stack's) does not save shared
-# subscriptions in its persistence file, so after a restart ingest's `$share/ingest/...`
-# subscription is gone until ingest reconnects and subscribes again; what a device publishes
-# in between (it often reconnects first) reaches no one, yet was acknowledged to it. Ingest
-# reconnects within about a second to keep the window short; docs/reliability.md.
-MOSQUITTO_RESTART = pytest.param(
-    "mosquitto",
-    marks=pytest.mark.xfail(
-        strict=False,
-        reason="Mosquitto 2.0.11 forgets shared subscriptions across a restart",
-    ),
-)
+# Mosquitto's own limit, not ours: Mosquitto 2.0 (2.0.11 here; 2.0.21 checked too) does not
+# save shared subscriptions in its persistence file, so after a restart ingest's
+# `$share/ingest/...` subscription is gone until ingest reconnects and subscribes again; what a
+# device publishes in between reaches no one, yet Mosquitto acknowledged it. So across a
+# Mosquitto restart the test holds ingest to this: nothing is lost that Mosquitto acknowledged
+# outside that window (from the restart until ingest is subscribed again, plus the watcher's
+# poll interval), nothing is duplicated. docs/reliability.md.
+RESUBSCRIBE_SLACK_S = 0.5
 
 
-@pytest.mark.parametrize("server", ["kafka", "postgres", MOSQUITTO_RESTART])
+@pytest.mark.parametrize("server", ["kafka", "postgres", "mosquitto"])
 async def test_a_server_outage_is_waited_out_without_loss(
     server: str,
     fault_stack: FaultStack,
@@ -63,7 +70,8 @@ async def test_a_server_outage_is_waited_out_without_loss(
     fault_chain.start_all(STAGES)
     stop = asyncio.Event()
     seen: dict[str, set[int]] = {}
-    watcher = asyncio.create_task(watch_readiness(fault_chain, stop, seen))
+    ready_again: dict[str, list[float]] = {}
+    watcher = asyncio.create_task(watch_readiness(fault_chain, stop, seen, ready_again))
     senders = asyncio.gather(
         send_mqtt(fault_chain, MQTT_PORT, messages[::2], rate / 2, traffic),
         send_http(fault_chain, messages[1::2], rate / 2, traffic),
@@ -90,10 +98,25 @@ async def test_a_server_outage_is_waited_out_without_loss(
         "server_down_s": down_s,
         "readyz_seen": {k: sorted(v) for k, v in seen.items()},
     }
+    lost, missing_bad = outcome.lost_payloads, outcome.bad_missing
+    if server == "mosquitto":
+        # Only what Mosquitto acknowledged while ingest's subscription was gone may be missing.
+        window_end = min(t for t in ready_again["ingest"] if t > began) + RESUBSCRIBE_SLACK_S
+
+        def outside_window(payloads: list[bytes]) -> list[bytes]:
+            acked = traffic.mqtt_acked_at
+            return [p for p in payloads if not began <= acked.get(p, -1.0) <= window_end]
+
+        lost, missing_bad = outside_window(lost), outside_window(missing_bad)
+        figures |= {
+            "resubscribe_window_s": round(window_end - began, 1),
+            "lost_in_resubscribe_window": outcome.lost - len(lost),
+            "bad_missing_in_resubscribe_window": outcome.bad_missing_from_dlq - len(missing_bad),
+        }
     record_figures(f"outage_{server}", figures)
 
-    assert outcome.lost == 0 and outcome.unexpected == 0, figures
-    assert outcome.bad_missing_from_dlq == 0 and outcome.dlq_not_bad == 0, figures
+    assert lost == [] and outcome.unexpected == 0, figures
+    assert missing_bad == [] and outcome.dlq_not_bad == 0, figures
     for name in AFFECTED[server]:
         assert 503 in seen[name], f"{name} never reported not-ready: {figures}"
     async with httpx.AsyncClient(timeout=2) as http:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -38,6 +39,9 @@ class Traffic:
     duplicates: int = 0
     resends: int = 0
     http_503: int = 0
+    # When Mosquitto acknowledged each MQTT payload (monotonic clock; the last time if sent
+    # more than once).
+    mqtt_acked_at: dict[bytes, float] = field(default_factory=dict)
 
     @classmethod
     def make(
@@ -92,6 +96,7 @@ async def send_mqtt(
                     payload = pending[0]
                     device = _device(payload)
                     await client.publish(chain.mqtt_topic(device), payload, qos=1, timeout=5)
+                    traffic.mqtt_acked_at[payload] = time.monotonic()
                     pending.pop(0)
                     await asyncio.sleep(1 / rate)
         except aiomqtt.MqttError:
@@ -137,6 +142,8 @@ class Outcome:
     bad_missing_from_dlq: int
     dlq_not_bad: int
     lost_sample: list[str] = field(default_factory=list)
+    lost_payloads: list[bytes] = field(default_factory=list)
+    bad_missing: list[bytes] = field(default_factory=list)
 
     def figures(self, traffic: Traffic) -> dict[str, object]:
         return {
@@ -187,6 +194,8 @@ async def settle(
     lost = sorted(set(traffic.valid) - stored)
     return Outcome(
         lost_sample=[traffic.valid[key].decode() for key in lost[:5]],
+        lost_payloads=[traffic.valid[key] for key in lost],
+        bad_missing=sorted(traffic.bad - set(letters)),
         stored=total,
         lost=len(set(traffic.valid) - stored),
         unexpected=total - len(stored & set(traffic.valid)),
