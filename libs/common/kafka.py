@@ -48,6 +48,7 @@ def make_producer(settings: PipelineSettings, **overrides: Any) -> AIOKafkaProdu
         "linger_ms": settings.producer_linger_ms,
         "max_batch_size": settings.producer_max_batch_bytes,
         "request_timeout_ms": 30_000,
+        "retry_backoff_ms": settings.producer_retry_backoff_ms,
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)

@@ -7,18 +7,19 @@ Mosquitto's own C client does on this machine, paho 0.26x, aiomqtt 0.10x.
 How acknowledgements work here, and why: gmqtt with `optimistic_acknowledgement=False` sends
 the PUBACK when an *async* `on_message` returns, which costs a task a message and hides the
 packet id. Instead we take QoS 1 messages one step earlier, where gmqtt has the packet id
-(`_handle_qos_1_publish_packet`, the one private hook used; gmqtt is pinned below 0.9 and
-tests/integration/test_mqtt_ingest.py checks the behaviour), and send the PUBACKs ourselves,
-in the order the messages came, once their batch was handed over. A PUBACK belongs
+(`_handle_qos_1_publish_packet`; with the connection's send and its transport, the private
+parts used; gmqtt is pinned below 0.9 and tests/integration/test_mqtt_session.py checks the
+behaviour), and send the PUBACKs ourselves, in the order the messages came, once their batch
+was handed over. A PUBACK belongs
 to the connection that delivered the message: after a reconnect the broker sends the
 unacknowledged messages again and may reuse their packet ids for others, so acknowledgements
 for a lost connection are dropped, never sent on a new one.
 
 Memory: the Receive Maximum should bound what the broker sends ahead of our PUBACKs, but
 Mosquitto 2.0.11 exceeds it when it drains a backlog queued while we were away (it sent 24,500
-of 30,000 queued with a Receive Maximum of 1,000; fixed upstream in 2.0.13, "inflight quota
-management"). So we also stop reading from the socket while `receive_maximum` messages wait
-here: TCP then holds the broker back, and the backlog stays in the broker, not in ingest.
+of 30,000 queued with a Receive Maximum of 1,000; 2.0.13's "inflight quota management" fix
+may be it, not tested). So we also stop reading from the socket while `receive_maximum`
+messages wait here: TCP then holds the broker back, and the backlog stays in the broker.
 """
 
 from __future__ import annotations
