@@ -26,7 +26,7 @@ from libs.common.models import (
     Stage,
     dead_letter,
 )
-from services.validate.dedup import Deduplicator
+from services.validate.dedup import Deduplicator, reading_key
 from services.validate.rules import load_rules
 from services.validate.service import MIN_TIME
 from services.validate.settings import ValidateSettings
@@ -75,7 +75,7 @@ def build(settings: ValidateSettings) -> Application:
                 device_id=_text(key),
             )
             return {"dlq": orjson.dumps(letter)}
-        seen = (reading["device_id"], reading["time"])
+        seen = reading_key(reading["device_id"], reading["time"])
         if seen in dedup:
             return {}
         dedup.remember([seen])

@@ -21,7 +21,7 @@ from libs.common.models import (
 )
 from libs.common.runner import StepResult, pure_step
 from libs.common.service import run_kafka_stage
-from services.validate.dedup import Deduplicator
+from services.validate.dedup import Deduplicator, reading_key
 from services.validate.rules import Rules, load_rules
 from services.validate.settings import ValidateSettings
 from services.validate.validator import Context, Lineage, validate
@@ -42,7 +42,7 @@ def make_step(
         ctx = Context(rules=rules, now=now, max_future_skew_s=max_future_skew_s, min_time=MIN_TIME)
         default_source, default_received_at = Source.BATCH.value, now.isoformat()
         result = StepResult()
-        batch_keys: dict[tuple[str, str], None] = {}
+        batch_keys: dict[str, None] = {}
         for record in records:
             headers = dict(record.headers or ())
             lineage = Lineage(
@@ -68,7 +68,7 @@ def make_step(
                     )
                 )
                 continue
-            key = (reading["device_id"], reading["time"])
+            key = reading_key(reading["device_id"], reading["time"])
             if key in dedup or key in batch_keys:
                 result.duplicates += 1
                 continue

@@ -18,6 +18,6 @@ class ValidateSettings(ConsumerSettings):
     # Readings stamped further ahead than this are rejected: a device clock gone wrong.
     max_future_skew_s: float = Field(default=300.0, ge=0)
     # Bounded memory for duplicate detection: keys remembered per validate replica (about
-    # 240 bytes each, so the default holds some 50 MB).
+    # 160 bytes each, so the default holds some 32 MB).
 
     dedup_capacity: int = Field(default=200_000, ge=1000)
