@@ -171,7 +171,7 @@ async def run(
     log_dir = Path(tempfile.mkdtemp(prefix=f"bench-{names.run_id}-"))
     meta = await machine(plan)
     meta["plan"] = _plan_dict(plan)
-    meta["logs"] = str(log_dir)
+    meta["logs"] = f"{log_dir.name} (in the temp directory)"  # no machine paths in results
     results = Results(meta=meta)
     console.print(
         f"[bold]benchmark {meta['mode']}[/bold], run {names.run_id}: {meta['cores']} cores "
