@@ -144,6 +144,9 @@ class Chain:
     def cpu_breakdown(self) -> dict[str, float]:
         """CPU seconds so far of each service, each server, the publisher and the harness."""
         out = {stage: proc.usage()[0] for stage, proc in self.procs.items()}
+        # Looked up again each time: PostgreSQL starts a backend for each connection store
+        # opens after the chain started (a process that ended since is not counted).
+        self.servers = server_processes()
         for name, processes in self.servers.items():
             out[name] = cpu_seconds(processes)
         pid = self.publisher.pid
