@@ -161,7 +161,10 @@ def profile(stage: str, records: int, console: Console, out_dir: Path) -> list[H
     profiler.start()
     call()
     session = profiler.stop()
-    tree = profiler.output_text(unicode=True, color=False, show_all=False)
+    # Paths relative to the checkout: no machine paths in the results.
+    tree = profiler.output_text(unicode=True, color=False, show_all=False).replace(
+        f"{Path(__file__).resolve().parents[1]}/", ""
+    )
     root = session.root_frame()
     found = hotspots(root) if root is not None else []
     duration = session.duration
