@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
+from bench.parsing import runs_from_stack
 from bench.stats import Sample
 from libs.common.db import migrate
 from libs.common.settings import DEFAULT_DATABASE_URL, PipelineSettings
@@ -373,16 +373,6 @@ def server_processes() -> dict[str, list[psutil.Process]]:
             found["postgres"].append(process)
             found["postgres"].extend(process.children(recursive=True))
     return found
-
-
-def runs_from_stack(cmdline: str, stack: str) -> bool:
-    """Whether a server's command line uses `stack`'s own directories. A second stack nested in
-    it (the fault tests' own, under .stack/fault) is not the one measured, and may stop in the
-    middle of a step."""
-    dirs = "(kafka|pg|mosquitto|run|logs)"
-    own = re.search(re.escape(stack) + "/" + dirs + r"\b", cmdline)
-    nested = re.search(re.escape(stack) + r"/[^/\s]+/" + dirs + r"(/|\s|$)", cmdline)
-    return own is not None and nested is None
 
 
 class MachineLoad:

@@ -26,3 +26,13 @@ def parse_consumer_perf(output: str) -> tuple[float, float]:
     values = [v.strip() for v in lines[header + 1].split(",")]
     row = dict(zip(names, values, strict=True))
     return float(row["nMsg.sec"]), float(row["fetch.nMsg.sec"])
+
+
+def runs_from_stack(cmdline: str, stack: str) -> bool:
+    """Whether a server's command line uses `stack`'s own directories. A second stack nested in
+    it (the fault tests' own, under .stack/fault) is not the one measured, and may stop in the
+    middle of a step."""
+    dirs = "(kafka|pg|mosquitto|run|logs)"
+    own = re.search(re.escape(stack) + "/" + dirs + r"\b", cmdline)
+    nested = re.search(re.escape(stack) + r"/[^/\s]+/" + dirs + r"(/|\s|$)", cmdline)
+    return own is not None and nested is None

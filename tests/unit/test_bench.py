@@ -7,8 +7,7 @@ import math
 
 import pytest
 
-from bench.infra import runs_from_stack
-from bench.parsing import parse_consumer_perf, parse_producer_perf
+from bench.parsing import parse_consumer_perf, parse_producer_perf, runs_from_stack
 from bench.report import LatencyRow, Results, Row, evaluate_targets, to_markdown
 from bench.stats import (
     Sample,
