@@ -23,6 +23,9 @@ log = structlog.get_logger(__name__)
 
 # A list, or the tuple a consumed record carries.
 Headers = Sequence[tuple[str, bytes]]
+# How long produce_all waits for Kafka's acknowledgement: the producer's request timeout
+# (30 s) and some slack.
+DELIVERY_TIMEOUT_S = 35.0
 
 
 @dataclass(slots=True)
@@ -70,16 +73,31 @@ def make_consumer(settings: ConsumerSettings, *topics: str, **overrides: Any) ->
     return AIOKafkaConsumer(*topics, **options)
 
 
-async def produce_all(producer: AIOKafkaProducer, topic: str, records: Sequence[Outgoing]) -> None:
+async def produce_all(
+    producer: AIOKafkaProducer,
+    topic: str,
+    records: Sequence[Outgoing],
+    timeout_s: float = DELIVERY_TIMEOUT_S,
+) -> None:
     """Send every record and return once Kafka acknowledged all of them (one round trip per
-    batch, not per record)."""
+    batch, not per record); BrokerUnavailable if that fails or takes longer than `timeout_s`.
+
+    The deadline matters: a producer closed while the broker is away (RenewableProducer) can
+    leave its batches' futures unresolved for good, and a caller waiting on one would never
+    retry with the new producer.
+    """
     try:
-        futures = await send_records(producer, topic, records)
-        for future in futures:
-            await future
+        async with asyncio.timeout(timeout_s):
+            futures = await send_records(producer, topic, records)
+            for future in futures:
+                await future
     except KafkaError as error:
         raise BrokerUnavailable(
             f"Kafka did not acknowledge a write to {topic}: {error!r}"
+        ) from error
+    except TimeoutError as error:
+        raise BrokerUnavailable(
+            f"Kafka did not acknowledge a write to {topic} within {timeout_s:g} s"
         ) from error
 
 
