@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -70,7 +71,11 @@ def _route_stdlib_logging(shared: list[structlog.types.Processor], level: str) -
     # the same JSON lines, so a log collector never meets a line it cannot parse.
     global _stdlib_handler
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        foreign_pre_chain=[
+            *shared,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.ExtraAdder(allow=("repeated",)),
+        ],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
@@ -79,12 +84,43 @@ def _route_stdlib_logging(shared: list[structlog.types.Processor], level: str) -
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     if _stdlib_handler is not None:
         root.removeHandler(_stdlib_handler)
     root.addHandler(handler)
     root.setLevel(level)
     _stdlib_handler = handler
+
+
+class RepeatFilter(logging.Filter):
+    """Lets a library's log line through once per `every_s` seconds, with how many times it
+    came meanwhile (`repeated`).
+
+    While Kafka is away, aiokafka's sender retries a pending batch's metadata without pause
+    and logs "Unable connect to node" thousands of times a second; the first line says it all.
+    Lines are the same when logger, level and message template are (arguments may differ).
+    """
+
+    def __init__(self, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.clock = clock
+        self._last: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, str(record.msg))
+        now = self.clock()
+        seen = self._last.get(key)
+        if seen is not None and now - seen[0] < self.every_s:
+            self._last[key] = (seen[0], seen[1] + 1)
+            return False
+        if seen is not None and seen[1]:
+            record.repeated = seen[1]
+        if len(self._last) > 10_000:  # bounded: templates are few, but be safe
+            self._last.clear()
+        self._last[key] = (now, 0)
+        return True
 
 
 def record_context(record: KafkaRecord, stage: str | None = None) -> dict[str, Any]:
