@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -26,7 +25,7 @@ from rich.table import Table
 from bench import stages
 from bench.context import FULL, Bench
 from bench.data import make_dataset
-from bench.infra import Names, Offsets, create_schema
+from bench.infra import Names, Offsets, checkout_of, create_schema
 from bench.report import Results
 from bench.run import cleanup
 
@@ -85,12 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env = dict(item.split("=", 1) for item in args.env)
     console = Console(width=None if sys.stdout.isatty() else 160)
-    base = _worktree(args.base) if args.base else None
-    try:
+    with checkout_of(args.base) as base:
         rates = asyncio.run(run(args.stage, env, args.reps, args.records, console, base))
-    finally:
-        if base is not None:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], check=False)
     a_is = f"commit {args.base}" if args.base else "as is"
     table = Table(title=f"{args.stage}: A = {a_is}, B = work tree {env or 'as is'}")
     for column in ("variant", "runs (readings/s)", "median", "B / A"):
@@ -102,12 +97,6 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(variant, runs, f"{statistics.median(values):,.0f}", ratio)
     console.print(table)
     return 0
-
-
-def _worktree(ref: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix="bench-ab-base-"))
-    subprocess.run(["git", "worktree", "add", "--detach", str(path), ref], check=True)
-    return path
 
 
 if __name__ == "__main__":

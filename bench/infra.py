@@ -4,14 +4,16 @@ services as measured processes, and Kafka's own command-line tools."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -373,6 +375,20 @@ def server_processes() -> dict[str, list[psutil.Process]]:
             found["postgres"].append(process)
             found["postgres"].extend(process.children(recursive=True))
     return found
+
+
+@contextlib.contextmanager
+def checkout_of(ref: str | None) -> Iterator[Path | None]:
+    """The code of commit `ref` in a temporary git worktree (None: no `ref`), removed after."""
+    if ref is None:
+        yield None
+        return
+    path = Path(tempfile.mkdtemp(prefix="bench-base-"))
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), ref], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], check=False)
 
 
 class MachineLoad:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -29,7 +28,7 @@ from rich.table import Table
 from bench import mqtt
 from bench.context import FULL, Bench
 from bench.data import make_dataset
-from bench.infra import Names, Offsets, Proc, create_topics, free_port
+from bench.infra import Names, Offsets, Proc, checkout_of, create_topics, free_port
 from bench.report import Results, Row
 from bench.run import cleanup
 from bench.stages import env_for, measure
@@ -131,12 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env = dict(item.split("=", 1) for item in args.env)
     console = Console(width=None if sys.stdout.isatty() else 160)
-    base = _worktree(args.base) if args.base else None
-    try:
+    with checkout_of(args.base) as base:
         runs = asyncio.run(run(env, args.reps, args.records, console, base))
-    finally:
-        if base is not None:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], check=False)
     a_is = f"commit {args.base}" if args.base else "work tree"
     table = Table(
         title=f"ingest over MQTT, {args.records:,} queued: A = {a_is}, B = work tree {env}"
@@ -158,12 +153,6 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(f"{variant} median", "", "", f"{statistics.median(ratios):.2f}x", "", "")
     console.print(table)
     return 0
-
-
-def _worktree(ref: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix="bench-mqtt-base-"))
-    subprocess.run(["git", "worktree", "add", "--detach", str(path), ref], check=True)
-    return path
 
 
 if __name__ == "__main__":
