@@ -201,22 +201,16 @@ class _PlaceIndex:
                 return best
             lo, hi = band_start[band], band_start[band + 1]
             split = bisect_left(lons, longitude, lo, hi)
-            for i in range(split, hi):
-                d_lon = lons[i] - longitude
-                if d_lon > _MARGIN and (d_lon - _MARGIN) ** 2 + gap2 > best_d2:
-                    break
-                d_lat = lats[i] - latitude
-                d2 = d_lat * d_lat + d_lon * d_lon
-                if d2 < best_d2 or (d2 == best_d2 and order[i] < order[best]):
-                    best, best_d2 = i, d2
-            for i in range(split - 1, lo - 1, -1):
-                d_lon = longitude - lons[i]
-                if d_lon > _MARGIN and (d_lon - _MARGIN) ** 2 + gap2 > best_d2:
-                    break
-                d_lat = lats[i] - latitude
-                d2 = d_lat * d_lat + d_lon * d_lon
-                if d2 < best_d2 or (d2 == best_d2 and order[i] < order[best]):
-                    best, best_d2 = i, d2
+            # East from the point's longitude, then west: each side grows away from it.
+            for side in (range(split, hi), range(split - 1, lo - 1, -1)):
+                for i in side:
+                    d_lon = abs(lons[i] - longitude)
+                    if d_lon > _MARGIN and (d_lon - _MARGIN) ** 2 + gap2 > best_d2:
+                        break
+                    d_lat = lats[i] - latitude
+                    d2 = d_lat * d_lat + d_lon * d_lon
+                    if d2 < best_d2 or (d2 == best_d2 and order[i] < order[best]):
+                        best, best_d2 = i, d2
 
     def info(self, position: int, geohash: str) -> GeoInfo:
         index = self.order[position]
