@@ -132,7 +132,7 @@ def bare(stage: str, records: int) -> None:
 
 
 def sample(stage: str, records: int, console: Console, out_dir: Path) -> None:
-    from bench.profile_service import _py_spy, summarise
+    from bench.profile_service import _py_spy, self_time_table, summarise
 
     out_dir.mkdir(parents=True, exist_ok=True)
     raw = out_dir / f"pyspy-step-{stage}.txt"
@@ -145,12 +145,8 @@ def sample(stage: str, records: int, console: Console, out_dir: Path) -> None:
     kept = [line for line in raw.read_text().splitlines() if "_profiled (" in line]
     raw.write_text("\n".join(kept) + "\n")
     total, leaves, _marks = summarise(raw.read_text())
-    table = Table(title=f"{stage} step, sampled by py-spy: {total:,} samples")
-    table.add_column("function (self time, C callees included)")
-    table.add_column("share", justify="right")
-    for frame, count in leaves:
-        table.add_row(frame, f"{count / max(total, 1):.1%}")
-    console.print(table)
+    title = f"{stage} step, sampled by py-spy: {total:,} samples"
+    console.print(self_time_table(title, total, leaves))
 
 
 def profile(stage: str, records: int, console: Console, out_dir: Path) -> list[Hotspot]:

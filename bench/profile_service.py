@@ -64,6 +64,16 @@ def _function(frame: str) -> str:
     return f"{name} ({where.rsplit(':', 1)[0]})" if where else name
 
 
+def self_time_table(title: str, total: int, leaves: list[tuple[str, int]]) -> Table:
+    """The functions with the most samples of their own, as shares of all samples."""
+    table = Table(title=title)
+    table.add_column("function (self time, C callees included)")
+    table.add_column("share", justify="right")
+    for frame, count in leaves:
+        table.add_row(frame, f"{count / max(total, 1):.1%}")
+    return table
+
+
 def summarise(collapsed: str, top: int = 20) -> tuple[int, list[tuple[str, int]], dict[str, int]]:
     """(samples, [(function, samples)] by self time, {landmark: samples under it}).
 
@@ -142,12 +152,13 @@ async def run(stage: str, records: int, seconds: float, console: Console, out: P
             raise RuntimeError(f"py-spy failed: {done.stderr[-500:]}")
         processed = await offsets.committed(group, topic)
         total, leaves, marks = summarise(raw_path.read_text())
-        table = Table(title=f"{stage} service: {total:,} samples, {processed:,} records by the end")
-        table.add_column("function (self time, C callees included)")
-        table.add_column("share", justify="right")
-        for frame, count in leaves:
-            table.add_row(frame, f"{count / max(total, 1):.1%}")
-        console.print(table)
+        console.print(
+            self_time_table(
+                f"{stage} service: {total:,} samples, {processed:,} records by the end",
+                total,
+                leaves,
+            )
+        )
         landmarks = Table(title="time under each part of the loop (inclusive)")
         landmarks.add_column("part")
         landmarks.add_column("share", justify="right")
