@@ -91,9 +91,9 @@ class Handover:
                     stage=Stage.INGEST,
                     error_type=r.error.error_type,
                     reasons=r.error.reasons,
-                    trace_id=trace_ids(1)[0].decode(),
+                    trace_id=trace_id.decode(),
                 )
-                for r in rejected
+                for r, trace_id in zip(rejected, trace_ids(len(rejected)), strict=True)
             ]
             letters = [
                 Outgoing(encode_json(d), headers=[source_header, (HEADER_RECEIVED_AT, received_at)])
