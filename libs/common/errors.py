@@ -6,6 +6,8 @@ the record goes straight to the dead-letter queue with the error's name as `erro
 
 from __future__ import annotations
 
+import importlib.metadata
+
 
 class PipelineError(Exception):
     """Base of every error this project raises on purpose."""
@@ -77,3 +79,24 @@ class StorageRejected(RecordError):
 
 class ConfigurationError(PipelineError):
     """A setting or a rules file is wrong; the service refuses to start."""
+
+
+class BodyTooLarge(PipelineError):
+    """An HTTP request body over the whole-body limit: refused (413) before it is read whole."""
+
+
+class PrivateHookMissing(PipelineError):
+    """A library lacks a private part this project relies on (a changed or untested version):
+    the service refuses to start rather than run without it (e.g. without MQTT flow control)."""
+
+    def __init__(self, library: str, hook: str) -> None:
+        try:
+            version = importlib.metadata.version(library)
+        except importlib.metadata.PackageNotFoundError:
+            version = "not installed"
+        self.library = library
+        self.hook = hook
+        super().__init__(
+            f"{library} {version} has no {hook}, which this service relies on; install the "
+            f"version pinned in pyproject.toml"
+        )

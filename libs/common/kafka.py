@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
-from libs.common.errors import BrokerUnavailable, PayloadTooLarge
+from libs.common.errors import BrokerUnavailable
 from libs.common.settings import ConsumerSettings, PipelineSettings
 
 log = structlog.get_logger(__name__)
@@ -128,11 +128,11 @@ async def send_records(
         if _append(builder, record) is None:
             # Full: send it, and start the next batch of that partition with this record.
             futures.append(await producer.send_batch(builder, topic, partition=partition))
+            # An empty batch always takes its first record, whatever its size (aiokafka's
+            # builder), so this append cannot fail; what is too large for the broker is
+            # refused per record before it gets here (ingest's max_record_bytes).
             builder = builders[partition] = producer.create_batch()
-            if _append(builder, record) is None:
-                raise PayloadTooLarge(
-                    f"a record of {len(record.value)} bytes does not fit in a producer batch"
-                )
+            _append(builder, record)
     for partition, builder in builders.items():
         futures.append(await producer.send_batch(builder, topic, partition=partition))
     for future in futures:

@@ -1,7 +1,9 @@
 """POST /v1/readings: one JSON reading, a JSON array of them, or NDJSON.
 
 Answers 202 only after Kafka acknowledged every accepted reading (and every reject reached the
-DLQ); 503 when Kafka is away, so the device sends again instead of the reading vanishing.
+DLQ); 503 with Retry-After when Kafka is away or too many requests are in flight, so the device
+sends again instead of the reading vanishing; 413 for a body over `max_body_bytes`. A reading
+over `max_record_bytes` is one reject of the 202 answer, as over MQTT.
 """
 
 from __future__ import annotations
@@ -9,31 +11,32 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from libs.common import metrics
-from libs.common.errors import BrokerUnavailable
+from libs.common.errors import BodyTooLarge, BrokerUnavailable
 from libs.common.health import json_response
 from libs.common.models import Source, Stage
 from services.ingest.handover import Handover
 from services.ingest.intake import split_body
+from services.ingest.settings import IngestSettings
 
 _STAGE = Stage.INGEST.value
-
-
-class BodyTooLarge(Exception):
-    pass
+# Seconds a device is told to wait: Kafka outages last seconds; a burst of requests less.
+RETRY_AFTER_KAFKA_S = 5
+RETRY_AFTER_BUSY_S = 1
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
+        raise BodyTooLarge(f"declared body of {declared} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge
+            raise BodyTooLarge(f"body past {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -43,20 +46,19 @@ def get_handover(request: Request) -> Handover:
     return handover
 
 
-def get_body_limit(request: Request) -> int:
-    limit: int = request.app.state.max_body_bytes
-    return limit
+def get_settings(request: Request) -> IngestSettings:
+    settings: IngestSettings = request.app.state.settings
+    return settings
 
 
 HandoverDep = Annotated[Handover, Depends(get_handover)]
-BodyLimitDep = Annotated[int, Depends(get_body_limit)]
+SettingsDep = Annotated[IngestSettings, Depends(get_settings)]
 router = APIRouter()
 
 
 @router.post("/v1/readings", status_code=202)
-async def post_readings(
-    request: Request, handover: HandoverDep, max_body_bytes: BodyLimitDep
-) -> Response:
+async def post_readings(request: Request, handover: HandoverDep, settings: SettingsDep) -> Response:
+    max_body_bytes = settings.max_body_bytes
     try:
         body = await _read_body(request, max_body_bytes)
     except BodyTooLarge:
@@ -65,7 +67,7 @@ async def post_readings(
             {"error": f"body larger than {max_body_bytes} bytes; send smaller batches"},
             status_code=413,
         )
-    accepted, rejected = split_body(body)
+    accepted, rejected = split_body(body, settings.max_record_bytes)
     metrics.MESSAGES_IN.labels(_STAGE).inc(len(accepted) + len(rejected))
     try:
         await handover.send(accepted, rejected, Source.HTTP)
@@ -74,7 +76,7 @@ async def post_readings(
         return json_response(
             {"error": "Kafka is unavailable; nothing was accepted, send again"},
             status_code=503,
-            headers={"Retry-After": "5"},
+            headers={"Retry-After": str(RETRY_AFTER_KAFKA_S)},
         )
     metrics.REQUESTS.labels(_STAGE, "http", "accepted" if accepted else "rejected").inc()
     return json_response(
@@ -90,9 +92,43 @@ async def post_readings(
     )
 
 
-def ingest_app(handover: Handover, max_body_bytes: int) -> FastAPI:
+class ConcurrencyLimit:
+    """Past `limit` requests to the readings API in flight, answer 503 with Retry-After at once:
+    a device sends again later instead of the service holding bodies without bound. Health and
+    metrics stay outside the limit, so probes are answered under a burst too.
+
+    In the app rather than uvicorn's `limit_concurrency`, whose 503 carries no Retry-After.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            metrics.REQUESTS.labels(_STAGE, "http", "busy").inc()
+            busy = json_response(
+                {"error": f"more than {self.limit} requests in flight; send again later"},
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_BUSY_S)},
+            )
+            await busy(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+def ingest_app(handover: Handover, settings: IngestSettings) -> FastAPI:
     app = FastAPI(title="sensor pipeline: ingest", docs_url="/docs")
     app.state.handover = handover
-    app.state.max_body_bytes = max_body_bytes
+    app.state.settings = settings
     app.include_router(router)
+    app.add_middleware(ConcurrencyLimit, limit=settings.http_max_concurrency)
     return app

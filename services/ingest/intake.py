@@ -10,9 +10,12 @@ from typing import Any
 
 import orjson
 
-from libs.common.errors import MissingDeviceId, NotAnObject, NotJson, RecordError
+from libs.common.errors import MissingDeviceId, NotAnObject, PayloadTooLarge, RecordError
 from libs.common.kafka import Outgoing
 from libs.common.payload import parse_json
+
+# The one limit on a record from either transport (IngestSettings.max_record_bytes).
+MAX_RECORD_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +25,20 @@ class Rejected:
     index: int
     payload: bytes
     error: RecordError
+
+    @classmethod
+    def of(cls, index: int, payload: bytes, error: RecordError, max_record_bytes: int) -> Rejected:
+        """A reject whose kept bytes fit in one Kafka record: an over-size one keeps its first
+        `max_record_bytes` (the whole of it could not be written to the DLQ at all)."""
+        return cls(index, payload[:max_record_bytes], error)
+
+
+def check_size(payload: bytes, max_record_bytes: int) -> None:
+    if len(payload) > max_record_bytes:
+        raise PayloadTooLarge(
+            f"record of {len(payload)} bytes is larger than the limit of {max_record_bytes}"
+            f" (the DLQ keeps its first {max_record_bytes} bytes)"
+        )
 
 
 def check_object(data: Any) -> str:
@@ -34,14 +51,19 @@ def check_object(data: Any) -> str:
     return device_id
 
 
-def check_message(payload: bytes) -> Outgoing:
-    """One MQTT message: a Kafka record keyed by device_id (bytes passed on unchanged)."""
+def check_message(payload: bytes, max_record_bytes: int = MAX_RECORD_BYTES) -> Outgoing:
+    """One record (an MQTT message, an NDJSON line): a Kafka record keyed by device_id (bytes
+    passed on unchanged)."""
+    check_size(payload, max_record_bytes)
     device_id = check_object(parse_json(payload))
     return Outgoing(payload, device_id.encode())
 
 
-def split_body(body: bytes) -> tuple[list[Outgoing], list[Rejected]]:
-    """An HTTP body (one object, an array of objects, or NDJSON) split into readings."""
+def split_body(
+    body: bytes, max_record_bytes: int = MAX_RECORD_BYTES
+) -> tuple[list[Outgoing], list[Rejected]]:
+    """An HTTP body (one object, an array of objects, or NDJSON) split into readings, each
+    held to the same per-record limit as an MQTT message."""
     accepted: list[Outgoing] = []
     rejected: list[Rejected] = []
     try:
@@ -49,26 +71,28 @@ def split_body(body: bytes) -> tuple[list[Outgoing], list[Rejected]]:
     except orjson.JSONDecodeError:
         if b"\n" not in body.strip():
             try:
+                check_size(body, max_record_bytes)
                 parse_json(body)
-            except NotJson as not_json:
-                rejected.append(Rejected(0, body, not_json))
+            except RecordError as error:
+                rejected.append(Rejected.of(0, body, error, max_record_bytes))
             return accepted, rejected
         # Not one JSON document: NDJSON, a reading a line; each line stands on its own.
         lines = [line for line in body.split(b"\n") if line.strip()]
         for index, line in enumerate(lines):
             try:
-                accepted.append(check_message(line))
+                accepted.append(check_message(line, max_record_bytes))
             except RecordError as err:
-                rejected.append(Rejected(index, line, err))
+                rejected.append(Rejected.of(index, line, err, max_record_bytes))
         return accepted, rejected
     items = data if isinstance(data, list) else [data]
     for index, item in enumerate(items):
+        raw = body if items is not data else orjson.dumps(item)
         try:
+            check_size(raw, max_record_bytes)
             device_id = check_object(item)
         except RecordError as err:
-            rejected.append(Rejected(index, orjson.dumps(item), err))
+            rejected.append(Rejected.of(index, raw, err, max_record_bytes))
             continue
-        raw = body if items is not data else orjson.dumps(item)
         accepted.append(Outgoing(raw, device_id.encode()))
     return accepted, rejected
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from libs.common import metrics
-from libs.common.errors import MqttUnavailable, PayloadTooLarge, PipelineError, RecordError
+from libs.common.errors import MqttUnavailable, PipelineError, RecordError
 from libs.common.health import Readiness
 from libs.common.kafka import Outgoing
 from libs.common.lifecycle import sleep_or_stop
@@ -132,17 +132,13 @@ class MqttIngest:
     ) -> None:
         accepted: list[Outgoing] = []
         rejected: list[Rejected] = []
-        limit = self.settings.max_message_bytes
+        limit = self.settings.max_record_bytes
         for index, message in enumerate(batch):
             payload = message.payload
             try:
-                if len(payload) > limit:
-                    raise PayloadTooLarge(
-                        f"message of {len(payload)} bytes is larger than the limit of {limit}"
-                    )
-                accepted.append(check_message(payload))
+                accepted.append(check_message(payload, limit))
             except RecordError as error:
-                rejected.append(Rejected(index, payload, error))
+                rejected.append(Rejected.of(index, payload, error, limit))
         metrics.MESSAGES_IN.labels(_STAGE).inc(len(batch))
         send = functools.partial(self.handover.send, accepted, rejected, Source.MQTT)
         if not await _until_handed_over(send, stop):

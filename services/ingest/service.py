@@ -22,13 +22,9 @@ async def run(settings: IngestSettings, stop: asyncio.Event) -> None:
     async with kafka_producer(settings) as producers:
         readiness.set("kafka", True)
         handover = Handover(producers, settings, stop, readiness)
-        app = health_app(readiness, ingest_app(handover, settings.max_body_bytes))
-        async with serve_http(
-            app,
-            settings.http_host,
-            settings.http_port,
-            limit_concurrency=settings.http_max_concurrency,
-        ):
+        # The concurrency limit is the app's own (ConcurrencyLimit), for its Retry-After.
+        app = health_app(readiness, ingest_app(handover, settings))
+        async with serve_http(app, settings.http_host, settings.http_port):
             log.info("accepting readings", http_port=settings.http_port)
 
             async def metadata() -> object:

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 
 from libs.common.settings import PipelineSettings
+from services.ingest.intake import MAX_RECORD_BYTES
 
 
 class IngestSettings(PipelineSettings):
@@ -29,15 +30,24 @@ class IngestSettings(PipelineSettings):
     # subscriptions across its own restart, so until we subscribe again, readings published
     # to it reach no one (docs/reliability.md).
     mqtt_reconnect_max_s: float = Field(default=1.0, gt=0)
-    # Concurrent HTTP connections; past it, 503 (bounds the memory a burst of requests takes).
+    # Readings requests in flight; past it, 503 with Retry-After (bounds the memory a burst of
+    # requests takes).
     http_max_concurrency: int = Field(default=256, ge=1)
+    # A whole HTTP body past this is refused with 413 before it is read whole.
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
-    max_message_bytes: int = Field(default=256 * 1024, ge=256)
+    # One record (an MQTT message, an HTTP reading) past this goes to the DLQ with its reason,
+    # whichever transport brought it. Capped so that a record, or its dead letter (base64 for
+    # binary: 4/3 of it), stays below Kafka's default message.max.bytes (1 MiB): one larger
+    # would be refused by the broker on every try, and its hand-over never done.
+    max_record_bytes: int = Field(default=MAX_RECORD_BYTES, ge=256, le=512 * 1024)
 
     @field_validator("mqtt_url")
     @classmethod
     def _mqtt_url(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
+        if parts.scheme == "mqtts":
+            # The client does not do TLS yet: accepting mqtts:// would connect in plaintext.
+            raise ValueError("mqtt_url: mqtts:// (TLS) is not supported yet; use mqtt://host:port")
+        if parts.scheme != "mqtt" or not parts.hostname:
             raise ValueError("mqtt_url must look like mqtt://host:port")
         return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from libs.common.errors import MissingDeviceId, NotAnObject, NotJson
+from libs.common.errors import MissingDeviceId, NotAnObject, NotJson, PayloadTooLarge
 from services.ingest.intake import check_message, split_body
 
 
@@ -64,3 +64,43 @@ def test_a_body_that_is_not_json_at_all_is_one_rejection_with_its_bytes() -> Non
     accepted, rejected = split_body(b"\x00\xffgarbage")
     assert accepted == []
     assert len(rejected) == 1 and rejected[0].payload == b"\x00\xffgarbage"
+
+
+LIMIT = 1024
+
+
+def _reading_of(size: int) -> bytes:
+    body = b'{"device_id": "big", "note": ""}'
+    return body[:-2] + b"x" * (size - len(body)) + b'"}'
+
+
+def test_a_reading_over_the_record_limit_is_refused_whichever_transport_brings_it() -> None:
+    big = _reading_of(LIMIT + 10)  # + 10: an array element is re-serialised without spaces
+    with pytest.raises(PayloadTooLarge):
+        check_message(big, LIMIT)
+    for body in (big, b"[" + big + b"]", b'{"device_id": "a"}\n' + big + b"\n"):
+        accepted, rejected = split_body(body, LIMIT)
+        assert [(r.index, type(r.error).__name__) for r in rejected] == [
+            (len(accepted), "PayloadTooLarge")
+        ]
+
+
+def test_a_reading_at_the_record_limit_passes() -> None:
+    exact = _reading_of(LIMIT)
+    assert check_message(exact, LIMIT).value == exact
+    accepted, rejected = split_body(exact, LIMIT)
+    assert [r.value for r in accepted] == [exact] and rejected == []
+
+
+def test_an_over_size_reject_keeps_only_what_fits_in_a_dead_letter() -> None:
+    garbage = b"\xff" * (LIMIT * 10)
+    _, rejected = split_body(garbage, LIMIT)
+    assert type(rejected[0].error).__name__ == "PayloadTooLarge"
+    assert rejected[0].payload == garbage[:LIMIT]
+
+
+def test_a_body_of_many_small_readings_is_not_held_to_the_record_limit() -> None:
+    body = orjson.dumps([{"device_id": f"d{i}", "temperature": 20.0} for i in range(100)])
+    assert len(body) > LIMIT
+    accepted, rejected = split_body(body, LIMIT)
+    assert len(accepted) == 100 and rejected == []

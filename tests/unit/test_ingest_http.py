@@ -1,0 +1,112 @@
+"""POST /v1/readings over real HTTP (a live uvicorn on a free port) with a fake hand-over."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import cast
+
+import httpx
+import orjson
+import pydantic
+import pytest
+
+from libs.common.health import Readiness, health_app, serve_http
+from libs.common.kafka import Outgoing
+from libs.common.models import Source
+from services.ingest.handover import Handover
+from services.ingest.http_api import ingest_app
+from services.ingest.intake import Rejected
+from services.ingest.settings import IngestSettings
+
+
+class HeldHandover:
+    """Takes what it is given; holds every send until `release` is set."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.release.set()
+        self.waiting = 0
+        self.sent: list[tuple[list[Outgoing], list[Rejected]]] = []
+
+    async def send(
+        self, accepted: Sequence[Outgoing], rejected: Sequence[Rejected], source: Source
+    ) -> None:
+        self.waiting += 1
+        await self.release.wait()
+        self.sent.append((list(accepted), list(rejected)))
+
+
+@pytest.fixture
+def handover() -> HeldHandover:
+    return HeldHandover()
+
+
+@pytest.fixture
+async def client(handover: HeldHandover, free_port: int) -> AsyncIterator[httpx.AsyncClient]:
+    settings = IngestSettings(
+        http_port=free_port, http_max_concurrency=2, max_record_bytes=1024, max_body_bytes=4096
+    )
+    app = health_app(Readiness("ingest"), ingest_app(cast(Handover, handover), settings))
+    async with (
+        serve_http(app, "127.0.0.1", free_port),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{free_port}", timeout=10) as client,
+    ):
+        yield client
+
+
+async def test_past_the_concurrency_limit_the_answer_is_503_with_retry_after(
+    client: httpx.AsyncClient, handover: HeldHandover
+) -> None:
+    handover.release.clear()
+    reading = {"device_id": "a", "timestamp": 1}
+    held = [asyncio.create_task(client.post("/v1/readings", json=reading)) for _ in range(2)]
+    while handover.waiting < 2:
+        await asyncio.sleep(0.01)
+    busy = await client.post("/v1/readings", json=reading)
+    assert busy.status_code == 503
+    assert busy.headers["retry-after"] == "1"
+    # Probes are outside the limit.
+    assert (await client.get("/healthz")).status_code == 200
+    handover.release.set()
+    assert [(await task).status_code for task in held] == [202, 202]
+    assert (await client.post("/v1/readings", json=reading)).status_code == 202
+
+
+async def test_an_over_size_reading_is_a_reject_with_its_reason_in_the_202_answer(
+    client: httpx.AsyncClient, handover: HeldHandover
+) -> None:
+    small = {"device_id": "a", "timestamp": 1}
+    big = {"device_id": "b", "note": "x" * 2000}
+    answer = await client.post("/v1/readings", content=orjson.dumps([small, big]))
+    assert answer.status_code == 202
+    body = answer.json()
+    assert body["accepted"] == 1
+    assert [(r["index"], r["error_type"]) for r in body["rejected"]] == [(1, "PayloadTooLarge")]
+    assert "larger than the limit of 1024" in body["rejected"][0]["reasons"][0]
+    [(accepted, rejected)] = handover.sent
+    assert [orjson.loads(r.value)["device_id"] for r in accepted] == ["a"]
+    assert len(rejected[0].payload) == 1024
+
+
+async def test_one_over_size_reading_alone_is_answered_400_and_dead_lettered(
+    client: httpx.AsyncClient, handover: HeldHandover
+) -> None:
+    answer = await client.post("/v1/readings", json={"device_id": "b", "note": "x" * 2000})
+    assert answer.status_code == 400
+    assert answer.json()["rejected"][0]["error_type"] == "PayloadTooLarge"
+    assert len(handover.sent[0][1]) == 1
+
+
+async def test_a_body_over_the_whole_body_limit_is_still_413(
+    client: httpx.AsyncClient, handover: HeldHandover
+) -> None:
+    answer = await client.post("/v1/readings", content=b"x" * 5000)
+    assert answer.status_code == 413
+    assert handover.sent == []
+
+
+def test_mqtts_is_refused_until_the_client_speaks_tls() -> None:
+    with pytest.raises(pydantic.ValidationError, match="mqtts:// .TLS. is not supported yet"):
+        IngestSettings(mqtt_url="mqtts://broker.example:8883")
+    assert IngestSettings(mqtt_url="mqtt://broker.example:1883").mqtt_url.startswith("mqtt://")
