@@ -7,6 +7,7 @@ the record goes straight to the dead-letter queue with the error's name as `erro
 from __future__ import annotations
 
 import importlib.metadata
+import platform
 
 
 class PipelineError(Exception):
@@ -91,7 +92,12 @@ class PrivateHookMissing(PipelineError):
 
     def __init__(self, library: str, hook: str) -> None:
         try:
-            version = importlib.metadata.version(library)
+            # asyncio's hooks are the standard library's: named by the Python version.
+            version = (
+                platform.python_version()
+                if library == "python"
+                else importlib.metadata.version(library)
+            )
         except importlib.metadata.PackageNotFoundError:
             version = "not installed"
         self.library = library

@@ -8,10 +8,11 @@ How acknowledgements work here, and why: gmqtt with `optimistic_acknowledgement=
 the PUBACK when an *async* `on_message` returns, which costs a task a message and hides the
 packet id. Instead we take QoS 1 messages one step earlier, where gmqtt has the packet id
 (`_handle_qos_1_publish_packet`; with the connection's send and its transport, the private
-parts used; gmqtt is pinned below 0.9 and tests/integration/test_mqtt_session.py checks the
-behaviour), and send the PUBACKs ourselves, in the order the messages came, once their batch
-was handed over. A PUBACK belongs
-to the connection that delivered the message: after a reconnect the broker sends the
+parts used; gmqtt is pinned to the version tested, `check_client_hooks` and
+`check_connection_hooks` stop the service with PrivateHookMissing when one is gone, and
+tests/integration/test_mqtt_session.py checks the behaviour), and send the PUBACKs ourselves,
+in the order the messages came, once their batch was handed over. A PUBACK belongs to the
+connection that delivered the message: after a reconnect the broker sends the
 unacknowledged messages again and may reuse their packet ids for others, so acknowledgements
 for a lost connection are dropped, never sent on a new one.
 
@@ -34,7 +35,7 @@ import gmqtt
 import structlog
 from gmqtt.mqtt.constants import MQTTCommands, MQTTv50
 
-from libs.common.errors import MqttUnavailable
+from libs.common.errors import MqttUnavailable, PrivateHookMissing
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +61,28 @@ class _Client(gmqtt.Client):
 
     async def reconnect(self, delay: bool = False) -> None:
         return None
+
+
+def check_client_hooks(client: gmqtt.Client) -> None:
+    """The private parts of a new gmqtt client we replace or use, or PrivateHookMissing."""
+    handler = getattr(client, "_package_handler", None)
+    if not callable(getattr(handler, "_handle_qos_1_publish_packet", None)):
+        raise PrivateHookMissing("gmqtt", "Client._package_handler._handle_qos_1_publish_packet")
+    if not hasattr(client, "_connection"):
+        raise PrivateHookMissing("gmqtt", "Client._connection")
+
+
+def check_connection_hooks(connection: Any) -> None:
+    """The private parts of a live gmqtt connection that flow control needs (they exist only
+    once connected), or PrivateHookMissing: without them the memory bound would be gone."""
+    transport = getattr(connection, "_transport", None)
+    if not callable(getattr(transport, "pause_reading", None)):
+        raise PrivateHookMissing("gmqtt", "MQTTConnection._transport")
+    reader = getattr(getattr(connection, "_protocol", None), "_hard_reader", None)
+    if reader is None:
+        raise PrivateHookMissing("gmqtt", "MQTTConnection._protocol._hard_reader")
+    if not isinstance(getattr(reader, "_paused", None), bool):
+        raise PrivateHookMissing("python", "asyncio.StreamReader._paused")
 
 
 class MqttSession:
@@ -96,6 +119,7 @@ class MqttSession:
             # keeps the rest, which bounds our memory and is our backpressure.
             receive_maximum=receive_maximum,
         )
+        check_client_hooks(self._client)
         self._client.on_message = self._on_message
         # Instead of gmqtt's own QoS 1 handling (which acknowledges when on_message is done).
         self._client._package_handler._handle_qos_1_publish_packet = self._on_qos1  # noqa: SLF001
@@ -114,15 +138,16 @@ class MqttSession:
         # gmqtt has no flow control of its own: pause its socket. Its asyncio StreamReader
         # also pauses the socket when its buffer is full and resumes it when the buffer has
         # drained, which would undo our pause: it is told the pause is not its own.
+        # The hooks were checked when the connection was opened (check_connection_hooks).
         connection = self._client._connection  # noqa: SLF001
-        transport = getattr(connection, "_transport", None)
-        if transport is None or transport.is_closing():
+        if connection is None:
+            return
+        transport = connection._transport  # noqa: SLF001
+        if transport.is_closing():
             return
         if pause:
             transport.pause_reading()
-            reader = getattr(getattr(connection, "_protocol", None), "_hard_reader", None)
-            if reader is not None:
-                reader._paused = False  # noqa: SLF001
+            connection._protocol._hard_reader._paused = False  # noqa: SLF001
         else:
             transport.resume_reading()
         self._reading_paused = pause
@@ -159,6 +184,8 @@ class MqttSession:
         except (OSError, TimeoutError, gmqtt.MQTTConnectError) as error:
             self.lost.set()
             raise MqttUnavailable(f"{self.host}:{self.port}: {error!r}") from error
+        # Not an outage: a library without the parts flow control needs stops the service.
+        check_connection_hooks(self._client._connection)  # noqa: SLF001
         if not granted or granted[0] >= 0x80:
             self.lost.set()
             raise MqttUnavailable(f"subscription to {topic} refused: {granted}")

@@ -15,6 +15,8 @@ from typing import Any
 
 from prometheus_client import Histogram
 
+from libs.common.errors import PrivateHookMissing
+
 _timestamp = datetime.timestamp
 
 
@@ -29,27 +31,36 @@ def observe_ages(histogram: Histogram, now: datetime, stamps: Iterable[datetime]
     past = bisect_left(times, now_s)
     # fsum: a plain sum of ~1e9 s epoch stamps loses milliseconds over a batch.
     total = now_s * past - fsum(times[:past])
-    counts = _bucket_counts(histogram, times, now_s)
-    if counts is None:
-        for stamp in times:
-            histogram.observe(max(0.0, now_s - stamp))
-        return
-    buckets, sum_value = counts
+    buckets, sum_value = _bucket_counts(histogram, times, now_s)
     sum_value.inc(total)
     for value, count in buckets:
         value.inc(count)
 
 
+def check_histogram_hooks(histogram: Histogram) -> None:
+    """The private parts of prometheus_client's Histogram used here, or PrivateHookMissing.
+
+    prometheus_client has no public way to observe many values at once (only `observe`, one a
+    call, whose cost is what this module removes), so its internals are used: one value per
+    bucket (not cumulative) and one for the sum. Pinned in pyproject.toml; checked once, at
+    import, so the store refuses to start on a version without them.
+    """
+    for name in ("_upper_bounds", "_buckets", "_sum"):
+        if not hasattr(histogram, name):
+            raise PrivateHookMissing("prometheus-client", f"Histogram.{name}")
+    if len(histogram._upper_bounds) != len(histogram._buckets):  # noqa: SLF001
+        raise PrivateHookMissing("prometheus-client", "one Histogram._buckets value per bound")
+    if not callable(getattr(histogram._sum, "inc", None)):  # noqa: SLF001
+        raise PrivateHookMissing("prometheus-client", "Histogram._sum.inc")
+
+
 def _bucket_counts(
     histogram: Histogram, times: list[float], now_s: float
-) -> tuple[list[tuple[Any, int]], Any] | None:
-    # prometheus_client keeps one value per bucket (not cumulative) and one for the sum; these
-    # are its private parts, pinned by tests/unit/test_store_latency.py against observe().
-    bounds = getattr(histogram, "_upper_bounds", None)
-    values = getattr(histogram, "_buckets", None)
-    sum_value = getattr(histogram, "_sum", None)
-    if bounds is None or values is None or sum_value is None or len(bounds) != len(values):
-        return None
+) -> tuple[list[tuple[Any, int]], Any]:
+    # The parts check_histogram_hooks checked; the per-bucket counts are pinned against
+    # observe() by tests/unit/test_store_rows.py.
+    bounds = histogram._upper_bounds  # noqa: SLF001
+    values = histogram._buckets  # noqa: SLF001
     n = len(times)
     out: list[tuple[Any, int]] = []
     below = 0  # rows already counted in a lower bucket
@@ -59,4 +70,7 @@ def _bucket_counts(
         if within > below:
             out.append((value, within - below))
             below = within
-    return out, sum_value
+    return out, histogram._sum  # noqa: SLF001
+
+
+check_histogram_hooks(Histogram("latency_hook_probe", "start-up check only", registry=None))
