@@ -7,10 +7,15 @@ and memory come from prometheus-client's default process collector.
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from libs.common.models import Stage
+from libs.common.version import __version__
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -78,6 +83,36 @@ SILENCE_THRESHOLD = Gauge(
     ["stage"],
 )
 
+BUILD_INFO = Gauge(
+    "pipeline_build_info",
+    "Always 1; the labels say which release (version) and source commit is running.",
+    ["stage", "version", "commit"],
+)
+
+
+def build_commit() -> str:
+    """The source commit: PIPELINE_COMMIT (set by the image build), else git, else "unknown".
+
+    The image has no .git, so the Dockerfile bakes the commit in as PIPELINE_COMMIT (the same
+    value as its org.opencontainers.image.revision label); a checkout asks git once.
+    """
+    commit = os.environ.get("PIPELINE_COMMIT", "").strip()
+    if commit:
+        return commit
+    try:
+        answer = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"  # no git, or not a checkout (an installed wheel)
+    return answer.stdout.strip() or "unknown"
+
+
 # The label values each stage can have before anything happened. A series that only appears at
 # its first increment hides that increment from rate() and is missing from alerts that compare
 # stages, so every series whose labels are known up front starts at zero.
@@ -89,6 +124,7 @@ _REQUEST_OUTCOMES = {
 
 def initialise(stage: str) -> None:
     """Create the zero-valued series of `stage`; call once at start-up."""
+    BUILD_INFO.labels(stage, __version__, build_commit()).set(1)
     for metric in (MESSAGES_IN, MESSAGES_OUT, PROCESSING_SECONDS, BATCH_SIZE, READY):
         metric.labels(stage)
     # Kafka stages retry whole batches; ingest retries handing a batch over to Kafka.

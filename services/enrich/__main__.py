@@ -1,10 +1,13 @@
-"""`python -m services.enrich`: build the settings, run the stage until SIGTERM."""
+"""`python -m services.enrich` (or `sensor-enrich`): --help, --version, or run until SIGTERM."""
 
-from libs.common.lifecycle import run
-from libs.common.logs import configure_logging
+from libs.common.cli import serve
 from services.enrich.service import run as run_enrich
 from services.enrich.settings import EnrichSettings
 
-settings = EnrichSettings()
-configure_logging(settings.service_name, settings.log_level)
-run(lambda stop: run_enrich(settings, stop), settings.shutdown_timeout_s)
+
+def main() -> None:
+    serve("the enrich stage: enrich validated readings.", EnrichSettings, run_enrich)
+
+
+if __name__ == "__main__":
+    main()

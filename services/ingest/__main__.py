@@ -1,10 +1,15 @@
-"""`python -m services.ingest`: build the settings, run the service until SIGTERM."""
+"""`python -m services.ingest` (or `sensor-ingest`): --help, --version, or run until SIGTERM."""
 
-from libs.common.lifecycle import run
-from libs.common.logs import configure_logging
+from libs.common.cli import serve
 from services.ingest.service import run as run_ingest
 from services.ingest.settings import IngestSettings
 
-settings = IngestSettings()
-configure_logging(settings.service_name, settings.log_level)
-run(lambda stop: run_ingest(settings, stop), settings.shutdown_timeout_s)
+
+def main() -> None:
+    serve(
+        "the ingest stage: take readings over MQTT and HTTP into Kafka.", IngestSettings, run_ingest
+    )
+
+
+if __name__ == "__main__":
+    main()

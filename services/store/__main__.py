@@ -1,10 +1,13 @@
-"""`python -m services.store`: build the settings, run the stage until SIGTERM."""
+"""`python -m services.store` (or `sensor-store`): --help, --version, or run until SIGTERM."""
 
-from libs.common.lifecycle import run
-from libs.common.logs import configure_logging
+from libs.common.cli import serve
 from services.store.service import run as run_store
 from services.store.settings import StoreSettings
 
-settings = StoreSettings()
-configure_logging(settings.service_name, settings.log_level)
-run(lambda stop: run_store(settings, stop), settings.shutdown_timeout_s)
+
+def main() -> None:
+    serve("the store stage: write enriched readings to TimescaleDB.", StoreSettings, run_store)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,10 +1,13 @@
-"""`python -m services.validate`: build the settings, run the stage until SIGTERM."""
+"""`python -m services.validate` (or `sensor-validate`): --help, --version, or run until SIGTERM."""
 
-from libs.common.lifecycle import run
-from libs.common.logs import configure_logging
+from libs.common.cli import serve
 from services.validate.service import run as run_validate
 from services.validate.settings import ValidateSettings
 
-settings = ValidateSettings()
-configure_logging(settings.service_name, settings.log_level)
-run(lambda stop: run_validate(settings, stop), settings.shutdown_timeout_s)
+
+def main() -> None:
+    serve("the validate stage: validate raw readings.", ValidateSettings, run_validate)
+
+
+if __name__ == "__main__":
+    main()
