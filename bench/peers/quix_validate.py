@@ -67,10 +67,9 @@ def build(settings: ValidateSettings) -> Application:
             reading = validate(value, ctx, lineage)
         except RecordError as error:
             letter = dead_letter(
-                value,
+                error,
                 stage=Stage.VALIDATE,
-                error_type=error.error_type,
-                reasons=error.reasons,
+                payload=value,
                 trace_id=lineage.trace_id,
                 device_id=_text(key),
             )

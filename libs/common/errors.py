@@ -74,8 +74,21 @@ class InvalidRecord(RecordError):
     """A reading with both type errors and rule violations; every reason is listed."""
 
 
+class MalformedValidatedRecord(RecordError):
+    """enrich got a record that is not a validated reading: a bug or a foreign producer."""
+
+
+class MalformedEnrichedRecord(RecordError):
+    """store got a record that is not an enriched reading: a bug or a foreign producer."""
+
+
 class StorageRejected(RecordError):
     """The database refused the row itself (not the connection)."""
+
+
+class PoisonRecord(RecordError):
+    """A stage's step kept failing on this record with an error outside this hierarchy (a bug
+    the record triggers); the runner dead-letters it so its partition moves on."""
 
 
 class ConfigurationError(PipelineError):

@@ -7,11 +7,14 @@ instance per record); tests check that those dicts validate against these models
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from libs.common.errors import PipelineError, RecordError
 
 
 class Source(StrEnum):
@@ -121,26 +124,58 @@ def encode_original(payload: bytes) -> tuple[str, str]:
         return base64.b64encode(payload).decode("ascii"), "base64"
 
 
+class SourceRecord(Protocol):
+    """What a dead letter takes from the Kafka record it replaces (aiokafka's ConsumerRecord)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
 def dead_letter(
-    payload: bytes,
+    error: PipelineError,
     *,
     stage: Stage,
-    error_type: str,
-    reasons: list[str],
+    record: SourceRecord | None = None,
+    payload: bytes | None = None,
+    reasons: list[str] | None = None,
     attempts: int = 1,
-    topic: str | None = None,
-    partition: int | None = None,
-    offset: int | None = None,
     trace_id: str | None = None,
     device_id: str | None = None,
 ) -> dict[str, Any]:
-    """A DLQ record as a dict with the `DeadLetter` field names (the hot path's form)."""
-    original, encoding = encode_original(payload)
+    """A DLQ record as a dict with the `DeadLetter` field names (the hot path's form): the one
+    builder every stage uses, so every letter carries the same fields wherever they are known.
+
+    From a Kafka `record` come the payload, the source topic, partition and offset, the trace
+    id (its `trace_id` header) and the device id (its key); ingest, which has no record yet,
+    passes `payload` and its `trace_id`. An explicit `trace_id` or `device_id` wins. `reasons`
+    default to the error's own (a `RecordError` lists every one).
+    """
+    if reasons is None:
+        reasons = error.reasons if isinstance(error, RecordError) else [str(error)]
+    topic = partition = offset = None
+    if record is not None:
+        payload = record.value
+        topic, partition, offset = record.topic, record.partition, record.offset
+        if trace_id is None:
+            trace_id = _header_text(record.headers, HEADER_TRACE_ID)
+        if device_id is None and record.key:
+            device_id = record.key.decode("utf-8", "replace")
+    original, encoding = encode_original(payload or b"")
     return {
         "original_record": original,
         "original_encoding": encoding,
         "error_message": "; ".join(reasons),
-        "error_type": error_type,
+        "error_type": error.error_type,
         "reasons": reasons,
         "error_timestamp": datetime.now(UTC).isoformat(),
         "processing_stage": stage.value,
@@ -151,3 +186,10 @@ def dead_letter(
         "trace_id": trace_id,
         "device_id": device_id,
     }
+
+
+def _header_text(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:
+    for key, value in headers or ():
+        if key == name and value:
+            return value.decode("utf-8", "replace")
+    return None

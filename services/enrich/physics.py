@@ -14,6 +14,8 @@ MAGNUS_B = 17.625
 MAGNUS_C_DEG = 243.04
 # ln(RH) - ln(100) rather than ln(RH / 100): the quotient underflows to 0 for subnormal RH.
 _LN_100 = math.log(100.0)
+# At or below this the WPC calculator's heat index is the air temperature.
+_AIR_TEMPERATURE_ONLY_F = 40.0
 
 
 @overload
@@ -21,25 +23,26 @@ def heat_index_c(temperature_c: float, humidity_pct: float) -> float: ...
 @overload
 def heat_index_c(temperature_c: float | None, humidity_pct: float | None) -> float | None: ...
 def heat_index_c(temperature_c: float | None, humidity_pct: float | None) -> float | None:
-    """Heat index (apparent temperature, C) by the NWS/WPC "Heat Index Equation" procedure.
+    """Heat index (apparent temperature, C) as the NWS/WPC heat index calculator computes it.
 
-    The Steadman simple formula ``0.5 * (T + 61 + (T - 68) * 1.2 + RH * 0.094)`` (which already
-    is Steadman's value averaged with T) is computed first, in F; only if it is >= 80 F is the
-    Rothfusz regression used, with the low-humidity adjustment (RH < 13 %, 80 <= T <= 112 F)
+    At or below 40 F (4.44 C) the heat index is the air temperature itself, as the WPC's web
+    calculator returns it: the formulas below are fits for warm air and would put a cold reading's
+    "apparent temperature" a few degrees under the thermometer. Above 40 F, the "Heat Index
+    Equation" page: the Steadman simple formula ``0.5 * (T + 61 + (T - 68) * 1.2 + RH * 0.094)``
+    (which already is Steadman's value averaged with T) first, in F; only if it is >= 80 F the
+    Rothfusz regression, with the low-humidity adjustment (RH < 13 %, 80 <= T <= 112 F)
     subtracted or the high-humidity one (RH > 85 %, 80 <= T <= 87 F) added; both end points
-    inclusive, which the NWS text leaves open.
-
-    Cold air: the NWS procedure defines a value at every temperature through the simple formula,
-    so that is what is returned, with no cut-off. Far below ~27 C it is not a heat-stress figure
-    (in dry cold air it is a few degrees under T, and it is not a wind chill). The WPC web
-    calculator's ``HI = T for T <= 40 F`` shortcut is not part of the published equation and is
-    not applied.
+    inclusive, which the NWS text leaves open. (Copies of the calculator's script switch to the
+    regression above 79 F and subtract at RH <= 13 %; the published page's 80 F and 13 % are kept.)
 
     Returns None when either input is missing: a missing measurement is never invented.
     """
     if temperature_c is None or humidity_pct is None:
         return None
     t = temperature_c * 1.8 + 32.0
+    if t <= _AIR_TEMPERATURE_ONLY_F:
+        # The temperature as given, not converted there and back: equal to the last bit.
+        return temperature_c
     rh = humidity_pct
     hi = 0.5 * (t + 61.0 + (t - 68.0) * 1.2 + rh * 0.094)
     if hi >= 80.0:

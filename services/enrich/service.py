@@ -9,6 +9,7 @@ import orjson
 from aiokafka import ConsumerRecord
 
 from libs.common.db import close_pool, create_pool
+from libs.common.errors import MalformedValidatedRecord
 from libs.common.health import Readiness
 from libs.common.kafka import Outgoing, encode_json
 from libs.common.models import Stage, dead_letter
@@ -33,16 +34,9 @@ def make_step(
                 enriched = enrich(reading, registry, geohash_precision)
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
                 # validate wrote this record, so this is a bug or a foreign producer: say so.
+                malformed = MalformedValidatedRecord(f"not a validated reading: {error!r}")
                 result.dead_letters.append(
-                    dead_letter(
-                        payload,
-                        stage=Stage.ENRICH,
-                        error_type="MalformedValidatedRecord",
-                        reasons=[f"not a validated reading: {error!r}"],
-                        topic=record.topic,
-                        partition=record.partition,
-                        offset=record.offset,
-                    )
+                    dead_letter(malformed, stage=Stage.ENRICH, record=record)
                 )
                 continue
             result.outputs.append(Outgoing(encode_json(enriched), record.key, record.headers))

@@ -87,11 +87,7 @@ class Handover:
         if rejected:
             dead = [
                 dead_letter(
-                    r.payload,
-                    stage=Stage.INGEST,
-                    error_type=r.error.error_type,
-                    reasons=r.error.reasons,
-                    trace_id=trace_id.decode(),
+                    r.error, stage=Stage.INGEST, payload=r.payload, trace_id=trace_id.decode()
                 )
                 for r, trace_id in zip(rejected, trace_ids(len(rejected)), strict=True)
             ]

@@ -17,7 +17,7 @@ from aiokafka import ConsumerRecord
 
 from libs.common import metrics
 from libs.common.db import close_pool, create_pool
-from libs.common.errors import StorageRejected
+from libs.common.errors import MalformedEnrichedRecord, StorageRejected
 from libs.common.health import Readiness
 from libs.common.models import Stage, dead_letter
 from libs.common.retry import call_with_retry
@@ -75,7 +75,8 @@ class Store:
             try:
                 row = to_row(orjson.loads(record.value or b""))
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-                out.dead_letters.append(self._dead(record, "MalformedEnrichedRecord", repr(e)))
+                malformed = MalformedEnrichedRecord(repr(e))
+                out.dead_letters.append(dead_letter(malformed, stage=Stage.STORE, record=record))
                 continue
             rows.append(row)
             sources.append(record)
@@ -93,24 +94,13 @@ class Store:
             written.append(rows)
         except StorageRejected as error:
             if len(rows) == 1:
-                out.dead_letters.append(self._dead(sources[0], error.error_type, str(error)))
+                letter = dead_letter(error, stage=Stage.STORE, record=sources[0])
+                out.dead_letters.append(letter)
                 return
             # One bad row fails the whole COPY: halve until it is found, write the rest.
             middle = len(rows) // 2
             await self._write(rows[:middle], sources[:middle], out, written)
             await self._write(rows[middle:], sources[middle:], out, written)
-
-    def _dead(self, record: ConsumerRecord, error_type: str, reason: str) -> dict[str, object]:
-        return dead_letter(
-            record.value or b"",
-            stage=Stage.STORE,
-            error_type=error_type,
-            reasons=[reason],
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            device_id=record.key.decode("utf-8", "replace") if record.key else None,
-        )
 
     def _observe_latency(self, written: list[Sequence[Row]]) -> None:
         # Only rows the database took: a refused one was never stored.

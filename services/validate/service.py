@@ -54,19 +54,11 @@ def make_step(
             try:
                 reading = validate(payload, ctx, lineage)
             except RecordError as error:
-                result.dead_letters.append(
-                    dead_letter(
-                        payload,
-                        stage=Stage.VALIDATE,
-                        error_type=error.error_type,
-                        reasons=error.reasons,
-                        topic=record.topic,
-                        partition=record.partition,
-                        offset=record.offset,
-                        trace_id=lineage.trace_id,
-                        device_id=_key_text(record.key),
-                    )
+                # The lineage's trace id: a record without the header still gets one.
+                letter = dead_letter(
+                    error, stage=Stage.VALIDATE, record=record, trace_id=lineage.trace_id
                 )
+                result.dead_letters.append(letter)
                 continue
             key = reading_key(reading["device_id"], reading["time"])
             if key in dedup or key in batch_keys:
@@ -84,10 +76,6 @@ def make_step(
 
 def _text(value: bytes | None) -> str | None:
     return value.decode("utf-8", "replace") if value else None
-
-
-def _key_text(key: bytes | None) -> str | None:
-    return key.decode("utf-8", "replace") if key else None
 
 
 async def run(settings: ValidateSettings, stop: asyncio.Event) -> None:

@@ -63,21 +63,14 @@ def validate(payload: bytes, ctx: Context, lineage: Lineage) -> dict[str, Any]:
 
 
 def validate_object(data: dict[str, Any], ctx: Context, lineage: Lineage) -> dict[str, Any]:
+    """The validated reading of one JSON object, or a SchemaViolation / RuleViolation that
+    lists every reason (type errors first, then rule violations, in field order)."""
     type_errors: list[str] = []
     rule_errors: list[str] = []
-
-    device_id = data.get("device_id")
-    if device_id is None or device_id == "":
-        raise MissingDeviceId("device_id is required")
-    if not isinstance(device_id, str):
-        type_errors.append(f"device_id must be a string, got {_kind(device_id)}")
-    elif len(device_id) > MAX_DEVICE_ID_LENGTH or not device_id.isprintable():
-        type_errors.append(
-            f"device_id must be printable and at most {MAX_DEVICE_ID_LENGTH} characters"
-        )
-
+    device_id = _device_id(data.get("device_id"), type_errors)
     time = _timestamp(data.get("timestamp"), ctx, type_errors, rule_errors)
 
+    # Key order is the output's field order.
     out: dict[str, Any] = {
         "device_id": device_id,
         "time": time.isoformat() if time else None,
@@ -87,50 +80,13 @@ def validate_object(data: dict[str, Any], ctx: Context, lineage: Lineage) -> dic
     }
     for name in MEASUREMENTS:
         out[name] = _number(name, data.get(name), type_errors)
-
-    latitude = longitude = None
-    location = data.get("location")
-    if location is not None:
-        if not isinstance(location, dict):
-            type_errors.append(f"location must be an object, got {_kind(location)}")
-        else:
-            if location.get("latitude") is None or location.get("longitude") is None:
-                type_errors.append("location needs both latitude and longitude")
-            latitude = _number("location.latitude", location.get("latitude"), type_errors)
-            longitude = _number("location.longitude", location.get("longitude"), type_errors)
-            if latitude is not None and not -90 <= latitude <= 90:
-                rule_errors.append(f"location.latitude out of range: {latitude}")
-            if longitude is not None and not -180 <= longitude <= 180:
-                rule_errors.append(f"location.longitude out of range: {longitude}")
-    out["latitude"] = latitude
-    out["longitude"] = longitude
-
+    out["latitude"], out["longitude"] = _location(data.get("location"), type_errors, rule_errors)
     out["message_id"] = _optional_text("message_id", data.get("message_id"), type_errors)
     out["schema_version"] = _optional_text(
         "schema_version", data.get("schema_version"), type_errors
     )
-
-    extra: dict[str, float] = {}
-    for name, value in data.items():
-        # Further numeric sensor fields are kept; other unknown fields (text, objects) are
-        # metadata this pipeline does not store, and are no reason to reject a reading.
-        if name not in _KNOWN and _is_number_like(value) and "\x00" not in name:
-            number = _number(name, value, type_errors)
-            if number is not None:
-                extra[name] = number
-    out["extra"] = extra
-
-    for name in ctx.rules.required:
-        if name in ("device_id", "timestamp"):
-            continue  # checked above with a more precise message
-        if out.get(name, extra.get(name)) is None and data.get(name) in (None, ""):
-            rule_errors.append(f"{name} is required")
-    for name, bounds in ctx.rules.ranges.items():
-        value = out.get(name) if name in out else extra.get(name)
-        if isinstance(value, float) and not bounds.min <= value <= bounds.max:
-            rule_errors.append(
-                f"{name} out of range: {value} (allowed {bounds.min:g} .. {bounds.max:g})"
-            )
+    out["extra"] = extra = _extra_numbers(data, type_errors)
+    _check_rules(ctx.rules, data, out, extra, rule_errors)
 
     if type_errors:
         raise SchemaViolation(type_errors + rule_errors)
@@ -139,13 +95,77 @@ def validate_object(data: dict[str, Any], ctx: Context, lineage: Lineage) -> dic
     return out
 
 
+def _device_id(value: Any, type_errors: list[str]) -> Any:
+    # Without a device_id there is nothing to name the reading by: no further reasons.
+    if value is None or value == "":
+        raise MissingDeviceId("device_id is required")
+    if not isinstance(value, str):
+        type_errors.append(f"device_id must be a string, got {_kind(value)}")
+    elif len(value) > MAX_DEVICE_ID_LENGTH or not value.isprintable():
+        type_errors.append(
+            f"device_id must be printable and at most {MAX_DEVICE_ID_LENGTH} characters"
+        )
+    return value
+
+
+def _location(
+    value: Any, type_errors: list[str], rule_errors: list[str]
+) -> tuple[float | None, float | None]:
+    if value is None:
+        return None, None
+    if not isinstance(value, dict):
+        type_errors.append(f"location must be an object, got {_kind(value)}")
+        return None, None
+    if value.get("latitude") is None or value.get("longitude") is None:
+        type_errors.append("location needs both latitude and longitude")
+    latitude = _number("location.latitude", value.get("latitude"), type_errors)
+    longitude = _number("location.longitude", value.get("longitude"), type_errors)
+    if latitude is not None and not -90 <= latitude <= 90:
+        rule_errors.append(f"location.latitude out of range: {latitude}")
+    if longitude is not None and not -180 <= longitude <= 180:
+        rule_errors.append(f"location.longitude out of range: {longitude}")
+    return latitude, longitude
+
+
+def _extra_numbers(data: dict[str, Any], type_errors: list[str]) -> dict[str, float]:
+    extra: dict[str, float] = {}
+    for name, value in data.items():
+        # Further numeric sensor fields are kept; other unknown fields (text, objects) are
+        # metadata this pipeline does not store, and are no reason to reject a reading.
+        if name not in _KNOWN and _is_number_like(value) and "\x00" not in name:
+            number = _number(name, value, type_errors)
+            if number is not None:
+                extra[name] = number
+    return extra
+
+
+def _check_rules(
+    rules: Rules,
+    data: dict[str, Any],
+    out: dict[str, Any],
+    extra: dict[str, float],
+    rule_errors: list[str],
+) -> None:
+    """The rules file's required fields and ranges, over the known fields and the extra ones."""
+    for name in rules.required:
+        if name in ("device_id", "timestamp"):
+            continue  # checked above with a more precise message
+        if out.get(name, extra.get(name)) is None and data.get(name) in (None, ""):
+            rule_errors.append(f"{name} is required")
+    for name, bounds in rules.ranges.items():
+        value = out.get(name) if name in out else extra.get(name)
+        if isinstance(value, float) and not bounds.min <= value <= bounds.max:
+            rule_errors.append(
+                f"{name} out of range: {value} (allowed {bounds.min:g} .. {bounds.max:g})"
+            )
+
+
 def _timestamp(
     value: Any, ctx: Context, type_errors: list[str], rule_errors: list[str]
 ) -> datetime | None:
     if value is None or value == "":
         rule_errors.append("timestamp is required")
         return None
-    parsed: datetime | None = None
     if isinstance(value, bool):
         type_errors.append(
             "timestamp must be ISO 8601 text or epoch seconds/milliseconds, got bool"
@@ -160,37 +180,48 @@ def _timestamp(
     ):
         value = float(value)
     if isinstance(value, int | float):
-        if not math.isfinite(value):
-            type_errors.append(f"timestamp is not a finite number: {value}")
-            return None
-        seconds = value / 1000 if abs(value) >= _EPOCH_MS_THRESHOLD else value
-        try:
-            parsed = datetime.fromtimestamp(seconds, tz=UTC)
-        except (OverflowError, OSError, ValueError):
-            rule_errors.append(f"timestamp out of range: {value}")
-            return None
+        parsed = _epoch_time(value, type_errors, rule_errors)
     elif isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.strip())
-        except ValueError:
-            type_errors.append(f"timestamp is not ISO 8601: {value[:64]!r}")
-            return None
-        if parsed.tzinfo is None:
-            type_errors.append(f"timestamp has no UTC offset: {value[:64]!r}")
-            return None
-        if parsed.tzinfo is not UTC:  # "Z" already parses as UTC
-            try:
-                parsed = parsed.astimezone(UTC)
-            except OverflowError:
-                rule_errors.append(f"timestamp out of range: {value[:64]!r}")
-                return None
+        parsed = _iso_time(value, type_errors, rule_errors)
     else:
         type_errors.append(f"timestamp must be {_TIME_FORMS}, got {_kind(value)}")
+        return None
+    if parsed is None:
         return None
     if parsed < ctx.min_time:
         rule_errors.append(f"timestamp too far in the past: {parsed.isoformat()}")
     elif parsed > ctx.max_time:
         rule_errors.append(f"timestamp in the future: {parsed.isoformat()}")
+    return parsed
+
+
+def _epoch_time(value: float, type_errors: list[str], rule_errors: list[str]) -> datetime | None:
+    if not math.isfinite(value):
+        type_errors.append(f"timestamp is not a finite number: {value}")
+        return None
+    seconds = value / 1000 if abs(value) >= _EPOCH_MS_THRESHOLD else value
+    try:
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        rule_errors.append(f"timestamp out of range: {value}")
+        return None
+
+
+def _iso_time(value: str, type_errors: list[str], rule_errors: list[str]) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        type_errors.append(f"timestamp is not ISO 8601: {value[:64]!r}")
+        return None
+    if parsed.tzinfo is None:
+        type_errors.append(f"timestamp has no UTC offset: {value[:64]!r}")
+        return None
+    if parsed.tzinfo is not UTC:  # "Z" already parses as UTC
+        try:
+            parsed = parsed.astimezone(UTC)
+        except OverflowError:
+            rule_errors.append(f"timestamp out of range: {value[:64]!r}")
+            return None
     return parsed
 
 

@@ -95,6 +95,9 @@ async def test_a_known_mix_ends_as_exactly_the_valid_unique_rows_and_the_bad_in_
         "humidity": "40",
         "co2": 415,
     }
+    # A Chicago winter reading: the NWS/WPC calculator's heat index at or below 40 F is the air
+    # temperature itself (it was once stored 4.5 C below it).
+    v5 = {"device_id": "e2e-a", "timestamp": iso(4), "temperature": -19.6, "humidity": 53}
     http_valid = [
         {"device_id": f"e2e-{d}", "timestamp": iso(m), "temperature": 20 + m, "humidity": 50}
         for d in ("d", "e")
@@ -105,6 +108,7 @@ async def test_a_known_mix_ends_as_exactly_the_valid_unique_rows_and_the_bad_in_
         ("e2e-a", orjson.dumps(v2)),
         ("e2e-b", orjson.dumps(v3)),
         ("e2e-c", orjson.dumps(v4)),
+        ("e2e-a", orjson.dumps(v5)),
         ("e2e-a", orjson.dumps(v1)),  # duplicate of v1
         ("e2e-x", b"hello, not json"),
         ("e2e-x", b'{"timestamp": 1, "temperature": 20}'),
@@ -156,7 +160,7 @@ async def test_a_known_mix_ends_as_exactly_the_valid_unique_rows_and_the_bad_in_
     assert third.status_code == 202
     assert too_large.status_code == 413 and "larger than" in too_large.json()["error"]
 
-    expected_rows = 8
+    expected_rows = 9
     async with asyncio.timeout(60):
         while await db.fetchval("SELECT count(*) FROM sensor_readings") < expected_rows:
             await asyncio.sleep(0.25)
@@ -174,6 +178,7 @@ async def test_a_known_mix_ends_as_exactly_the_valid_unique_rows_and_the_bad_in_
         ("e2e-a", T0 + timedelta(minutes=1)),
         ("e2e-b", T0 + timedelta(minutes=2)),
         ("e2e-c", T0 + timedelta(minutes=3)),
+        ("e2e-a", T0 + timedelta(minutes=4)),
     } | {(f"e2e-{d}", T0 + timedelta(minutes=m)) for d in ("d", "e") for m in (10, 11)}
     assert set(rows) == expected_keys
 
@@ -194,6 +199,8 @@ async def test_a_known_mix_ends_as_exactly_the_valid_unique_rows_and_the_bad_in_
     r4 = rows[("e2e-c", T0 + timedelta(minutes=3))]
     assert (r4["temperature"], r4["humidity"]) == (21.5, 40.0)
     assert orjson.loads(r4["extra"]) == {"co2": 415.0}
+    r5 = rows[("e2e-a", T0 + timedelta(minutes=4))]
+    assert (r5["temperature"], r5["heat_index"]) == (-19.6, -19.6)
     http_rows = [r for (d, _), r in rows.items() if d in ("e2e-d", "e2e-e")]
     assert {r["source"] for r in http_rows} == {"http"}
     assert all(r["trace_id"] and r["received_at"] <= r["stored_at"] for r in rows.values())

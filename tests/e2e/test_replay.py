@@ -15,7 +15,7 @@ import orjson
 
 from tests.conftest import Names
 from tests.e2e.processes import REPO_ROOT, Chain
-from tests.integration.kafka_helpers import read_topic, settle_and_read
+from tests.integration.kafka_helpers import produce, read_topic, settle_and_read
 
 
 async def count_rows(db: asyncpg.Connection, expected: int, timeout_s: float = 60) -> int:
@@ -80,6 +80,31 @@ async def test_replayed_dead_letters_are_stored_once_after_the_rules_are_fixed(
         sources = await db.fetch("SELECT source, count(*) AS n FROM sensor_readings GROUP BY 1")
         assert {r["source"]: r["n"] for r in sources} == {"http": 1, "replay": 5}
         assert len(await settle_and_read(topics.dlq)) == 5  # replays were not refused again
+    finally:
+        codes = chain.stop_all()
+        assert codes == dict.fromkeys(codes, 0)
+
+
+async def test_enrich_and_store_dead_letters_are_found_by_device_and_carry_the_trace_id(
+    topics: Names, schema: str, tmp_path: Path
+) -> None:
+    # Records no stage before wrote (a foreign producer, or a bug upstream), keyed and traced
+    # as validate and enrich pass records on.
+    chain = Chain(topics.suffix, topics.env(), tmp_path)
+    traced = [("trace_id", b"0123456789abcdef0123456789abcdef")]
+    try:
+        chain.start_all({"enrich": "enrich", "store": "store"})
+        await produce(topics.validated, [b'{"device_id": "foreign-1"'], b"foreign-1", traced)
+        await produce(topics.enriched, [b'{"device_id": "foreign-1"}'], b"foreign-1", traced)
+        letters = [orjson.loads(d.value) for d in await read_topic(topics.dlq, 2)]
+        assert sorted((d["processing_stage"], d["error_type"]) for d in letters) == [
+            ("enrich", "MalformedValidatedRecord"),
+            ("store", "MalformedEnrichedRecord"),
+        ]
+        assert {(d["trace_id"], d["device_id"]) for d in letters} == {
+            ("0123456789abcdef0123456789abcdef", "foreign-1")
+        }
+        assert '"records":2' in run_replay(topics, "--device", "foreign-1", "--dry-run")
     finally:
         codes = chain.stop_all()
         assert codes == dict.fromkeys(codes, 0)

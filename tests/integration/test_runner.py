@@ -10,7 +10,7 @@ import orjson
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaTimeoutError
 
-from libs.common.errors import DatabaseUnavailable
+from libs.common.errors import DatabaseUnavailable, NotJson
 from libs.common.health import Readiness
 from libs.common.kafka import Outgoing, make_consumer, make_producer
 from libs.common.models import DeadLetter, Stage, dead_letter
@@ -29,15 +29,7 @@ def upper_step(fail: Callable[[Sequence[ConsumerRecord]], None]) -> Step:
         for r in records:
             if r.value == b"bad":
                 result.dead_letters.append(
-                    dead_letter(
-                        r.value,
-                        stage=Stage.VALIDATE,
-                        error_type="NotJson",
-                        reasons=["bad"],
-                        topic=r.topic,
-                        partition=r.partition,
-                        offset=r.offset,
-                    )
+                    dead_letter(NotJson("bad"), stage=Stage.VALIDATE, record=r)
                 )
             else:
                 result.outputs.append(Outgoing(r.value.upper(), r.key, r.headers))
@@ -129,7 +121,7 @@ async def test_a_batch_is_produced_dead_lettered_and_committed_after_a_transient
 async def test_a_poison_record_goes_to_the_dlq_after_the_retry_budget_and_the_rest_flows(
     topics: Names,
 ) -> None:
-    await produce(topics.raw, [b"a", b"poison", b"c"])
+    await produce(topics.raw, [b"a", b"poison", b"c"], headers=[("trace_id", b"trace-p")])
 
     def choke_on_poison(records: Sequence[ConsumerRecord]) -> None:
         if any(r.value == b"poison" for r in records):
@@ -140,8 +132,15 @@ async def test_a_poison_record_goes_to_the_dlq_after_the_retry_budget_and_the_re
     assert sorted(r.value for r in await settle_and_read(topics.validated)) == [b"A", b"C"]
     (dead,) = await read_topic(topics.dlq, 1)
     letter = DeadLetter.model_validate(orjson.loads(dead.value))
-    assert (letter.original_record, letter.error_type, letter.attempts) == ("poison", "KeyError", 3)
-    assert "a bug that this record triggers" in letter.error_message
+    # Its type is the project's PoisonRecord; the bug's own exception is in the reason.
+    assert (letter.original_record, letter.error_type, letter.attempts) == (
+        "poison",
+        "PoisonRecord",
+        3,
+    )
+    assert "KeyError('a bug that this record triggers')" in letter.error_message
+    assert (letter.trace_id, letter.device_id) == ("trace-p", "dev-1")
+    assert (letter.source_topic, letter.source_offset) == (topics.raw, 1)
 
 
 async def test_records_of_an_aborted_transaction_are_never_seen_by_readers(

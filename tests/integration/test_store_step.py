@@ -12,6 +12,7 @@ from aiokafka import ConsumerRecord
 from libs.common import metrics
 from libs.common.db import create_pool
 from libs.common.health import Readiness
+from libs.common.models import DeadLetter
 from services.store.service import Store
 from services.store.settings import StoreSettings
 from services.store.writer import prepare_connection
@@ -30,9 +31,20 @@ async def store(names: Names, schema: str) -> AsyncIterator[Store]:
 
 
 def records(readings: list[dict[str, object]], first_offset: int = 0) -> list[ConsumerRecord]:
+    # Keyed and traced as enrich passes them on.
     return [
         ConsumerRecord(
-            "enriched", 0, first_offset + i, 0, 0, b"dev", orjson.dumps(r), None, 3, 0, []
+            "enriched",
+            0,
+            first_offset + i,
+            0,
+            0,
+            b"dev",
+            orjson.dumps(r),
+            None,
+            3,
+            0,
+            [("trace_id", f"trace-{first_offset + i}".encode())],
         )
         for i, r in enumerate(readings)
     ]
@@ -51,7 +63,10 @@ async def test_a_row_the_database_refuses_goes_to_the_dlq_and_the_rest_are_store
     observed = _stored_count()
     result = await store.step(records(readings))
     assert [d["source_offset"] for d in result.dead_letters] == [17]
-    assert result.dead_letters[0]["processing_stage"] == "store"
+    (letter,) = [DeadLetter.model_validate(d) for d in result.dead_letters]
+    assert (letter.processing_stage.value, letter.error_type) == ("store", "StorageRejected")
+    # The letter names its reading: tools.replay --device and the log line's trace id find it.
+    assert (letter.trace_id, letter.device_id) == ("trace-17", "dev")
     assert await db.fetchval("SELECT count(*) FROM sensor_readings") == 39
     # Latency is observed for the rows stored, not for the one refused.
     assert _stored_count() - observed == 39

@@ -1,4 +1,5 @@
-"""libs/common: settings that refuse unsafe values, the retry policy, JSON logs, health routes."""
+"""libs/common: settings that refuse unsafe values, the retry policy, dead letters, JSON logs,
+health routes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from contextlib import redirect_stderr
 import httpx
 import pytest
 import structlog
+from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
 from libs.common.errors import (
@@ -22,6 +24,7 @@ from libs.common.errors import (
 )
 from libs.common.health import Readiness, health_app
 from libs.common.logs import configure_logging
+from libs.common.models import DeadLetter, Stage, dead_letter
 from libs.common.retry import call_with_retry, is_transient
 from libs.common.settings import PipelineSettings
 from services.ingest.settings import IngestSettings
@@ -90,6 +93,35 @@ def test_errors_say_whether_waiting_can_fix_them() -> None:
     assert NotJson("x").error_type == "NotJson"
     assert all(issubclass(e, PipelineError) for e in (TransientError, RecordError))
     assert is_transient(DatabaseUnavailable("x")) and not is_transient(ValueError("x"))
+
+
+def test_a_dead_letter_takes_position_trace_id_and_device_id_from_its_kafka_record() -> None:
+    record = ConsumerRecord(
+        "sensor-data", 4, 99, 0, 0, b"dev-9", b"\xff", None, 5, 1, [("trace_id", b"t-9")]
+    )
+    letter = DeadLetter.model_validate(
+        dead_letter(RuleViolation(["a", "b"]), stage=Stage.ENRICH, record=record, attempts=2)
+    )
+    assert (letter.source_topic, letter.source_partition, letter.source_offset) == (
+        "sensor-data",
+        4,
+        99,
+    )
+    assert (letter.trace_id, letter.device_id, letter.attempts) == ("t-9", "dev-9", 2)
+    assert (letter.error_type, letter.reasons, letter.error_message) == (
+        "RuleViolation",
+        ["a", "b"],
+        "a; b",
+    )
+    assert (letter.original_record, letter.original_encoding) == ("/w==", "base64")
+
+
+def test_a_dead_letters_explicit_trace_id_and_device_id_win_over_its_records() -> None:
+    record = ConsumerRecord("t", 0, 1, 0, 0, b"key", b"{}", None, 3, 2, [("trace_id", b"h")])
+    letter = dead_letter(
+        NotJson("x"), stage=Stage.VALIDATE, record=record, trace_id="lineage", device_id="dev"
+    )
+    assert (letter["trace_id"], letter["device_id"]) == ("lineage", "dev")
 
 
 async def test_transient_errors_are_retried_until_the_call_succeeds() -> None:

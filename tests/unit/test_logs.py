@@ -14,6 +14,7 @@ import pytest
 import structlog
 from aiokafka import ConsumerRecord
 
+from libs.common.errors import NotJson, RuleViolation
 from libs.common.logs import (
     bound_record,
     configure_logging,
@@ -110,15 +111,9 @@ def test_a_dead_letter_is_logged_with_its_trace_id_source_position_and_reasons(
     log_lines: io.StringIO,
 ) -> None:
     letter = dead_letter(
-        b'{"device_id": "dev-1", "temperature": 150}',
+        RuleViolation("temperature out of range: 150.0 (allowed -50 .. 100)"),
         stage=Stage.VALIDATE,
-        error_type="RuleViolation",
-        reasons=["temperature out of range: 150.0 (allowed -50 .. 100)"],
-        topic="sensor-data",
-        partition=2,
-        offset=41,
-        trace_id=TRACE,
-        device_id="dev-1",
+        record=consumer_record([("trace_id", TRACE.encode())]),
     )
     DeadLetter.model_validate(letter)
     log_dead_letters(structlog.get_logger("t"), [letter])
@@ -141,9 +136,7 @@ def test_a_dead_letter_is_logged_with_its_trace_id_source_position_and_reasons(
 
 
 def test_a_dead_letter_from_ingest_has_no_kafka_position_to_log() -> None:
-    letter = dead_letter(
-        b"hello", stage=Stage.INGEST, error_type="NotJson", reasons=["not JSON"], trace_id=TRACE
-    )
+    letter = dead_letter(NotJson("not JSON"), stage=Stage.INGEST, payload=b"hello", trace_id=TRACE)
     assert dead_letter_context(letter) == {
         "trace_id": TRACE,
         "stage": "ingest",

@@ -1,15 +1,24 @@
-"""store's pure parts: an enriched reading to a row in COPY order, and the batch latency."""
+"""store's pure parts: an enriched reading to a row in COPY order (or a dead letter), and the
+batch latency."""
 
 from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
+import asyncpg
+import orjson
 import pytest
+from aiokafka import ConsumerRecord
 from prometheus_client import CollectorRegistry, Histogram
 
+from libs.common.health import Readiness
 from libs.common.metrics import LATENCY_BUCKETS
+from libs.common.models import DeadLetter
 from services.store.latency import observe_ages
+from services.store.service import Store
+from services.store.settings import StoreSettings
 from services.store.writer import COLUMNS, to_row
 
 READING = {
@@ -67,6 +76,29 @@ def test_a_time_that_is_not_a_timestamp_is_malformed() -> None:
         to_row(READING | {"time": "yesterday"})
     with pytest.raises(TypeError):
         to_row(READING | {"received_at": 5})
+
+
+async def test_a_record_that_is_not_an_enriched_reading_is_dead_lettered_with_trace_and_device():
+    # Nothing in this batch decodes, so the step never reaches for the database (there is none).
+    store = Store(cast(asyncpg.Pool, None), StoreSettings(), Readiness("store", "database"))
+    headers = [("source", b"mqtt"), ("trace_id", b"t-1")]
+    malformed = orjson.dumps(READING | {"time": "yesterday"})
+    source = ConsumerRecord(
+        "sensor-data-enriched", 1, 12, 0, 0, b"dev-1", malformed, None, 5, len(malformed), headers
+    )
+    result = await store.step([source])
+    (letter,) = [DeadLetter.model_validate(d) for d in result.dead_letters]
+    assert (letter.trace_id, letter.device_id) == ("t-1", "dev-1")
+    assert (letter.processing_stage.value, letter.error_type) == (
+        "store",
+        "MalformedEnrichedRecord",
+    )
+    assert (letter.source_topic, letter.source_partition, letter.source_offset) == (
+        "sensor-data-enriched",
+        1,
+        12,
+    )
+    assert letter.original_record == malformed.decode()
 
 
 def _exposed(histogram: Histogram) -> dict[str, float]:

@@ -45,6 +45,7 @@ def test_a_batch_splits_into_valid_dead_and_duplicate_and_dedup_waits_for_succes
     (dead,) = [DeadLetter.model_validate(d) for d in result.dead_letters]
     assert dead.original_record == "{oops" and dead.source_offset == 2
     assert dead.processing_stage.value == "validate" and dead.error_type == "NotJson"
+    assert (dead.trace_id, dead.device_id) == ("trace-2", "dev-1")
     # Nothing is remembered until the outputs are acknowledged: a retried batch is not lost.
     assert len(dedup) == 0
     assert len(step(batch).outputs) == 2
