@@ -59,7 +59,7 @@ CITIES = (
     City("Delhi", 28.61, 77.21, 25.0, 7.0, 55.0),
 )
 
-# The limits of ARCHITECTURE.md's default rules, used to make bad readings bad enough.
+# The limits of docs/architecture.md's default rules, used to make bad readings bad enough.
 TEMPERATURE_RANGE = (-50.0, 100.0)
 HUMIDITY_RANGE = (0.0, 100.0)
 PRESSURE_RANGE = (800.0, 1200.0)

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# promtool checks and unit-tests the alert rules (tests/unit/test_alerts.py). It comes with
-# Debian's prometheus package; install that only when promtool is missing, and never leave the
-# Prometheus server the package starts running: this machine only needs the command.
+# promtool checks and unit-tests the alert rules (tests/unit/test_alerts.py), and the dashboard
+# tests run a private Prometheus server of their own. Both come with Debian's prometheus package;
+# install it only when either is missing, and never leave the server the package starts running:
+# the tests start their own.
 set -euo pipefail
 
-if command -v promtool > /dev/null 2>&1; then
+have_both() {
+    command -v promtool > /dev/null 2>&1 && command -v prometheus > /dev/null 2>&1
+}
+
+if have_both; then
     exit 0
 fi
 
@@ -43,7 +48,7 @@ if [[ -d /run/systemd/system ]]; then
     $SUDO systemctl disable --now prometheus > /dev/null 2>&1 || true
 fi
 
-command -v promtool > /dev/null 2>&1 || {
-    echo "ensure-promtool: the prometheus package installed no promtool" >&2
+have_both || {
+    echo "ensure-promtool: the prometheus package installed no promtool or no prometheus" >&2
     exit 1
 }

@@ -1,7 +1,7 @@
 """Settings shared by every service, read from the environment once in each `__main__`.
 
 Each service subclasses `PipelineSettings` with its own port and consumer group; the defaults
-point at the local stack of ARCHITECTURE.md.
+point at the local stack of docs/architecture.md.
 """
 
 from __future__ import annotations

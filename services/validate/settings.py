@@ -13,7 +13,7 @@ class ValidateSettings(ConsumerSettings):
     service_name: str = "validate"
     http_port: int = Field(default=8081, ge=1, le=65535)
     consumer_group: str = "validate"
-    # None: the default rules of ARCHITECTURE.md (services/validate/default_rules.yaml).
+    # None: the default rules of docs/architecture.md (services/validate/default_rules.yaml).
     rules_file: Path | None = None
     # Readings stamped further ahead than this are rejected: a device clock gone wrong.
     max_future_skew_s: float = Field(default=300.0, ge=0)

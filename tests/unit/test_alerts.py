@@ -144,11 +144,3 @@ def test_rules_use_only_metrics_the_services_export_or_rules_record() -> None:
     used = set().union(*(metric_names_in(rule["expr"]) for rule in rules()))
     assert used, "no metric names found: the name extraction is broken"
     assert used - known == set()
-
-
-def test_the_metric_name_extraction_finds_selectors_and_skips_labels() -> None:
-    expr = (
-        'sum by (stage, le) (rate(pipeline_errors_total{stage="store", le="x"}[5m] offset 1h))'
-        " / on (stage) group_left () stage:ratio:rate5m > 1e3 and up == 0"
-    )
-    assert metric_names_in(expr) == {"pipeline_errors_total", "stage:ratio:rate5m", "up"}

@@ -3,7 +3,7 @@
 docker-compose.yml, deploy/k8s/, the Dockerfile, deploy/mosquitto/mosquitto.conf and the
 Prometheus and Grafana provisioning are parsed (nothing is run) and compared with the settings
 classes: every environment variable they set is a field of the settings class of the process it
-reaches, ports and probes are the settings' defaults and those of ARCHITECTURE.md, topic names
+reaches, ports and probes are the settings' defaults and those of docs/architecture.md, topic names
 and consumer groups are the defaults, Prometheus scrapes every stage where compose runs it,
 Grafana reads the database compose runs, and nothing is published beyond 127.0.0.1.
 """
@@ -41,7 +41,7 @@ MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 
-# ARCHITECTURE.md, "Start-up": where the local stack and each stage listen.
+# docs/architecture.md, "Start-up": where the local stack and each stage listen.
 ARCHITECTURE_PORTS = {
     "kafka": 9092,
     "mosquitto": 1883,

@@ -1,6 +1,6 @@
 """The device simulator: seeded readings that keep to (or break) the rules, pacing, counting.
 
-The rule check below is written from ARCHITECTURE.md's default rules on purpose, not taken
+The rule check below is written from docs/architecture.md's default rules on purpose, not taken
 from services/validate, so the simulator and the validator are checked against the contract
 rather than against each other.
 """
@@ -44,7 +44,7 @@ def _reject_constant(name: str) -> Any:
 
 
 def rule_breaks(payload: bytes, now: datetime = NOW) -> list[str]:
-    """Every way `payload` breaks ARCHITECTURE.md's format or default rules (empty: valid)."""
+    """Every way `payload` breaks docs/architecture.md's format or default rules (empty: valid)."""
     try:
         data = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as error:

@@ -1,4 +1,4 @@
--- The device registry and the readings hypertable of ARCHITECTURE.md.
+-- The device registry and the readings hypertable of docs/architecture.md.
 CREATE EXTENSION IF NOT EXISTS timescaledb;
 
 CREATE TABLE IF NOT EXISTS devices (
