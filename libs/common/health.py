@@ -86,6 +86,9 @@ async def serve_http(
         host=host,
         port=port,
         log_level="warning",
+        # uvicorn's own logging config would give its loggers handlers of their own that do not
+        # propagate: its lines would bypass the JSON rendering of libs.common.logs.
+        log_config=None,
         access_log=False,
         lifespan="off",
         # Past this many connections uvicorn answers 503 at once: a device sends again later
