@@ -40,6 +40,7 @@ from libs.common.db import connect
 from libs.common.settings import PipelineSettings
 from tools.fleet import Counts, Transport
 from tools.simulate import SimConfig, SimulatorError, simulate
+from tools.cli import argument_parser
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOG_DIR = REPO_ROOT / ".stack" / "logs"
@@ -577,7 +578,9 @@ async def preflight(specs: Sequence[StageSpec]) -> list[str]:
     needs = [("Kafka", settings.kafka_bootstrap_servers.split(",")[0].strip())]
     db = urlsplit(settings.database_url.get_secret_value())
     needs.append(("PostgreSQL", f"{db.hostname or '127.0.0.1'}:{db.port or 5432}"))
-    mqtt = urlsplit(os.environ.get("MQTT_URL", "mqtt://127.0.0.1:1883"))
+    from services.ingest.settings import IngestSettings
+
+    mqtt = urlsplit(IngestSettings().mqtt_url)
     needs.append(("Mosquitto", f"{mqtt.hostname or '127.0.0.1'}:{mqtt.port or 1883}"))
     for what, address in needs:
         host, _, port = address.rpartition(":")
@@ -937,7 +940,7 @@ class Runner:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(
+    parser = argument_parser(
         prog="python -m tools.run",
         description="Run the four services, the device simulator and a live view of it all.",
     )

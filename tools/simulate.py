@@ -26,12 +26,12 @@ import httpx
 import structlog
 
 from libs.common.logs import configure_logging
+from services.ingest.settings import IngestSettings
 from tools.fleet import Counts, Emitted, FleetConfig, Pacer, ReadingGenerator, Transport
+from tools.cli import argument_parser
 
 log = structlog.get_logger("simulate")
 
-DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
-DEFAULT_INGEST_URL = "http://127.0.0.1:8080"
 # Lines per HTTP request at most; far below ingest's 10 MiB body limit.
 HTTP_MAX_BATCH = 5000
 HTTP_RETRY_DELAYS_S = (0.2, 0.5, 1.0)
@@ -39,12 +39,26 @@ HTTP_RETRY_DELAYS_S = (0.2, 0.5, 1.0)
 MQTT_RECONNECT_EVERY_S = 2.0
 
 
+class SimulatorSettings(IngestSettings):
+    """Where the simulator sends: ingest's own MQTT_URL, and ingest's HTTP address by default."""
+
+    service_name: str = "simulate"
+    # None: ingest's address from its own HTTP_HOST and HTTP_PORT.
+    ingest_url: str | None = None
+
+    def ingest_base_url(self) -> str:
+        if self.ingest_url:
+            return self.ingest_url
+        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "", "::") else self.http_host
+        return f"http://{host}:{self.http_port}"
+
+
 def _env_mqtt_url() -> str:
-    return os.environ.get("MQTT_URL", DEFAULT_MQTT_URL)
+    return SimulatorSettings().mqtt_url
 
 
 def _env_ingest_url() -> str:
-    return os.environ.get("INGEST_URL", DEFAULT_INGEST_URL)
+    return SimulatorSettings().ingest_base_url()
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,7 +348,7 @@ class _Progress:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
-    parser = argparse.ArgumentParser(
+    parser = argument_parser(
         prog="python -m tools.simulate",
         description="Simulate a fleet of sensor devices sending readings over MQTT and HTTP.",
     )
