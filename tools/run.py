@@ -9,7 +9,6 @@ summary. The scrape-to-table code is pure (tests/unit/test_run_view.py).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import ctypes
@@ -38,9 +37,9 @@ from rich.text import Text
 
 from libs.common.db import connect
 from libs.common.settings import PipelineSettings
+from tools.cli import argument_parser
 from tools.fleet import Counts, Transport
 from tools.simulate import SimConfig, SimulatorError, simulate
-from tools.cli import argument_parser
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOG_DIR = REPO_ROOT / ".stack" / "logs"

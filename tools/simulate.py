@@ -8,7 +8,6 @@ end-to-end tests); `main()` is the command line.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -27,8 +26,8 @@ import structlog
 
 from libs.common.logs import configure_logging
 from services.ingest.settings import IngestSettings
-from tools.fleet import Counts, Emitted, FleetConfig, Pacer, ReadingGenerator, Transport
 from tools.cli import argument_parser
+from tools.fleet import Counts, Emitted, FleetConfig, Pacer, ReadingGenerator, Transport
 
 log = structlog.get_logger("simulate")
 
@@ -370,7 +369,11 @@ def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
     parser.add_argument("--late-share", type=float, default=0.01, help="late readings (0.01)")
     parser.add_argument("--seed", type=int, help="seed for reproducible readings")
     parser.add_argument("--mqtt-url", default=_env_mqtt_url(), help="default: $MQTT_URL")
-    parser.add_argument("--ingest-url", default=_env_ingest_url(), help="default: $INGEST_URL")
+    parser.add_argument(
+        "--ingest-url",
+        default=_env_ingest_url(),
+        help="default: $INGEST_URL, else ingest's HTTP_HOST and HTTP_PORT",
+    )
     args = parser.parse_args(argv)
     if args.devices < 1 or args.rate <= 0:
         parser.error("--devices must be >= 1 and --rate > 0")
