@@ -36,6 +36,7 @@ from libs.common.models import (
 )
 from libs.common.service import kafka_producer
 from libs.common.settings import PipelineSettings
+from tools.cli import argument_parser
 
 log = structlog.get_logger("replay")
 
@@ -157,7 +158,7 @@ async def replay(
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = argument_parser(
         prog="python -m tools.replay",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -9,7 +9,6 @@ summary. The scrape-to-table code is pure (tests/unit/test_run_view.py).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import ctypes
@@ -38,6 +37,7 @@ from rich.text import Text
 
 from libs.common.db import connect
 from libs.common.settings import PipelineSettings
+from tools.cli import argument_parser
 from tools.fleet import Counts, Transport
 from tools.simulate import SimConfig, SimulatorError, simulate
 
@@ -577,7 +577,9 @@ async def preflight(specs: Sequence[StageSpec]) -> list[str]:
     needs = [("Kafka", settings.kafka_bootstrap_servers.split(",")[0].strip())]
     db = urlsplit(settings.database_url.get_secret_value())
     needs.append(("PostgreSQL", f"{db.hostname or '127.0.0.1'}:{db.port or 5432}"))
-    mqtt = urlsplit(os.environ.get("MQTT_URL", "mqtt://127.0.0.1:1883"))
+    from services.ingest.settings import IngestSettings
+
+    mqtt = urlsplit(IngestSettings().mqtt_url)
     needs.append(("Mosquitto", f"{mqtt.hostname or '127.0.0.1'}:{mqtt.port or 1883}"))
     for what, address in needs:
         host, _, port = address.rpartition(":")
@@ -937,7 +939,7 @@ class Runner:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(
+    parser = argument_parser(
         prog="python -m tools.run",
         description="Run the four services, the device simulator and a live view of it all.",
     )

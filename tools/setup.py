@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Sequence
 
 import structlog
 
@@ -15,6 +16,7 @@ from libs.common.kafka import ensure_topics
 from libs.common.logs import configure_logging
 from libs.common.retry import call_with_retry
 from libs.common.settings import PipelineSettings
+from tools.cli import argument_parser
 
 log = structlog.get_logger("setup")
 
@@ -36,7 +38,12 @@ async def setup(settings: SetupSettings) -> None:
     log.info("database ready", applied=applied, schema=settings.database_schema)
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    # No options of its own: the settings come from the environment, as the services' do.
+    argument_parser(
+        "python -m tools.setup",
+        "Wait for Kafka and PostgreSQL, create the topics and apply the migrations (idempotent).",
+    ).parse_args(argv)
     settings = SetupSettings()
     configure_logging(settings.service_name, settings.log_level)
     try:

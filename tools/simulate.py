@@ -8,7 +8,6 @@ end-to-end tests); `main()` is the command line.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -26,12 +25,12 @@ import httpx
 import structlog
 
 from libs.common.logs import configure_logging
+from services.ingest.settings import IngestSettings
+from tools.cli import argument_parser
 from tools.fleet import Counts, Emitted, FleetConfig, Pacer, ReadingGenerator, Transport
 
 log = structlog.get_logger("simulate")
 
-DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
-DEFAULT_INGEST_URL = "http://127.0.0.1:8080"
 # Lines per HTTP request at most; far below ingest's 10 MiB body limit.
 HTTP_MAX_BATCH = 5000
 HTTP_RETRY_DELAYS_S = (0.2, 0.5, 1.0)
@@ -39,12 +38,26 @@ HTTP_RETRY_DELAYS_S = (0.2, 0.5, 1.0)
 MQTT_RECONNECT_EVERY_S = 2.0
 
 
+class SimulatorSettings(IngestSettings):
+    """Where the simulator sends: ingest's own MQTT_URL, and ingest's HTTP address by default."""
+
+    service_name: str = "simulate"
+    # None: ingest's address from its own HTTP_HOST and HTTP_PORT.
+    ingest_url: str | None = None
+
+    def ingest_base_url(self) -> str:
+        if self.ingest_url:
+            return self.ingest_url
+        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "", "::") else self.http_host
+        return f"http://{host}:{self.http_port}"
+
+
 def _env_mqtt_url() -> str:
-    return os.environ.get("MQTT_URL", DEFAULT_MQTT_URL)
+    return SimulatorSettings().mqtt_url
 
 
 def _env_ingest_url() -> str:
-    return os.environ.get("INGEST_URL", DEFAULT_INGEST_URL)
+    return SimulatorSettings().ingest_base_url()
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,7 +347,7 @@ class _Progress:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
-    parser = argparse.ArgumentParser(
+    parser = argument_parser(
         prog="python -m tools.simulate",
         description="Simulate a fleet of sensor devices sending readings over MQTT and HTTP.",
     )
@@ -356,7 +369,11 @@ def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
     parser.add_argument("--late-share", type=float, default=0.01, help="late readings (0.01)")
     parser.add_argument("--seed", type=int, help="seed for reproducible readings")
     parser.add_argument("--mqtt-url", default=_env_mqtt_url(), help="default: $MQTT_URL")
-    parser.add_argument("--ingest-url", default=_env_ingest_url(), help="default: $INGEST_URL")
+    parser.add_argument(
+        "--ingest-url",
+        default=_env_ingest_url(),
+        help="default: $INGEST_URL, else ingest's HTTP_HOST and HTTP_PORT",
+    )
     args = parser.parse_args(argv)
     if args.devices < 1 or args.rate <= 0:
         parser.error("--devices must be >= 1 and --rate > 0")
