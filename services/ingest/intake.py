@@ -10,7 +10,13 @@ from typing import Any
 
 import orjson
 
-from libs.common.errors import MissingDeviceId, NotAnObject, PayloadTooLarge, RecordError
+from libs.common.errors import (
+    MissingDeviceId,
+    NotAnObject,
+    NotJson,
+    PayloadTooLarge,
+    RecordError,
+)
 from libs.common.kafka import Outgoing
 from libs.common.payload import parse_json
 
@@ -86,8 +92,11 @@ def split_body(
         return accepted, rejected
     items = data if isinstance(data, list) else [data]
     for index, item in enumerate(items):
-        raw = body if items is not data else orjson.dumps(item)
+        # A reading that cannot be written out again keeps the body as its original record.
+        raw = body
         try:
+            if items is data:
+                raw = _reading_bytes(item)
             check_size(raw, max_record_bytes)
             device_id = check_object(item)
         except RecordError as err:
@@ -101,3 +110,12 @@ def _kind(value: Any) -> str:
     return {list: "an array", str: "a string", type(None): "null"}.get(
         type(value), type(value).__name__
     )
+
+
+def _reading_bytes(item: object) -> bytes:
+    """One reading of an array as bytes of its own. orjson reads 1024 levels of nesting but writes
+    only 254: a reading nested deeper is refused with that reason instead of crashing the request."""
+    try:
+        return orjson.dumps(item)
+    except orjson.JSONEncodeError as error:
+        raise NotJson(f"reading nested too deeply to be kept: {error}") from error
