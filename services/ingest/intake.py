@@ -114,7 +114,7 @@ def _kind(value: Any) -> str:
 
 def _reading_bytes(item: object) -> bytes:
     """One reading of an array as bytes of its own. orjson reads 1024 levels of nesting but writes
-    only 254: a reading nested deeper is refused with that reason instead of crashing the request."""
+    only 254: a reading nested deeper is refused with that reason, not a crashed request."""
     try:
         return orjson.dumps(item)
     except orjson.JSONEncodeError as error:
