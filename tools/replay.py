@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
+from libs.common.cli import argument_parser
 from libs.common.kafka import Outgoing, produce_all
 from libs.common.logs import configure_logging
 from libs.common.models import (
@@ -36,7 +37,6 @@ from libs.common.models import (
 )
 from libs.common.service import kafka_producer
 from libs.common.settings import PipelineSettings
-from tools.cli import argument_parser
 
 log = structlog.get_logger("replay")
 

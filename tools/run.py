@@ -35,9 +35,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from libs.common.cli import argument_parser
 from libs.common.db import connect
 from libs.common.settings import PipelineSettings
-from tools.cli import argument_parser
 from tools.fleet import Counts, Transport
 from tools.simulate import SimConfig, SimulatorError, simulate
 

@@ -11,12 +11,12 @@ from collections.abc import Sequence
 
 import structlog
 
+from libs.common.cli import argument_parser
 from libs.common.db import connect, migrate
 from libs.common.kafka import ensure_topics
 from libs.common.logs import configure_logging
 from libs.common.retry import call_with_retry
 from libs.common.settings import PipelineSettings
-from tools.cli import argument_parser
 
 log = structlog.get_logger("setup")
 

@@ -24,9 +24,9 @@ import aiomqtt
 import httpx
 import structlog
 
+from libs.common.cli import argument_parser
 from libs.common.logs import configure_logging
 from services.ingest.settings import IngestSettings
-from tools.cli import argument_parser
 from tools.fleet import Counts, Emitted, FleetConfig, Pacer, ReadingGenerator, Transport
 
 log = structlog.get_logger("simulate")

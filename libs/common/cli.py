@@ -50,14 +50,23 @@ def help_text(description: str, settings_class: type[BaseSettings]) -> str:
     return "\n".join(lines)
 
 
-def parse(description: str, settings_class: type[BaseSettings], argv: Sequence[str]) -> None:
-    """Answer --help / --version and exit 0; return when the service should run."""
+def argument_parser(prog: str, description: str | None, **kwargs: Any) -> argparse.ArgumentParser:
+    """The one argparse start of every service and tool: its help ends with the project's version
+    and it answers `--version`."""
     parser = argparse.ArgumentParser(
-        prog=f"sensor-{settings_class.model_fields['service_name'].default}",
-        description=help_text(description, settings_class),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog, description=description, epilog=f"version {__version__}", **kwargs
     )
     parser.add_argument("--version", action="version", version=f"sensor-pipeline {__version__}")
+    return parser
+
+
+def parse(description: str, settings_class: type[BaseSettings], argv: Sequence[str]) -> None:
+    """Answer --help / --version and exit 0; return when the service should run."""
+    parser = argument_parser(
+        f"sensor-{settings_class.model_fields['service_name'].default}",
+        help_text(description, settings_class),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.parse_args(argv)
 
 

@@ -49,4 +49,4 @@ def test_each_tool_prints_its_version(tool: str) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"python -m tools.{tool} {__version__}"
+    assert done.stdout.strip() == f"sensor-pipeline {__version__}"
