@@ -1,7 +1,9 @@
-"""The services' --help and --version, the generated settings reference and the build info."""
+"""The services' and tools' --help and --version, the generated settings reference and the build
+info."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -15,19 +17,33 @@ from libs.common.version import __version__
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("ingest", "validate", "enrich", "store")
+TOOLS = ("setup", "replay", "simulate", "run")
+# Addresses where nothing listens: a tool that started its work would fail or hang, and log it.
+NOWHERE = {
+    "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+    "DATABASE_URL": "postgresql://nobody:nothing@127.0.0.1:9/none",
+    "MQTT_URL": "mqtt://127.0.0.1:9",
+}
+
+
+def run_module(module: str, *args: str, env: dict[str, str] | None = None):
+    """`python -m module args...` from the checkout; one that started would hit the timeout."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_a_service_answers_help_with_its_settings_and_starts_nothing(stage):
     started = time.monotonic()
     # A service that started would bind its port and run until stopped: the timeout catches it.
-    answer = subprocess.run(
-        [sys.executable, "-m", f"services.{stage}", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    answer = run_module(f"services.{stage}", "--help")
     assert answer.returncode == 0, answer.stderr
     assert time.monotonic() - started < 15
     assert __version__ in answer.stdout
@@ -39,14 +55,24 @@ def test_a_service_answers_help_with_its_settings_and_starts_nothing(stage):
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_a_service_answers_version(stage):
-    answer = subprocess.run(
-        [sys.executable, "-m", f"services.{stage}", "--version"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    answer = run_module(f"services.{stage}", "--version")
     assert (answer.returncode, answer.stdout.strip()) == (0, f"sensor-pipeline {__version__}")
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_each_tool_answers_help_with_its_version_and_starts_nothing(tool: str) -> None:
+    done = run_module(f"tools.{tool}", "--help", env=os.environ | NOWHERE)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: python -m tools.{tool}")
+    assert f"version {__version__}" in done.stdout
+    assert done.stderr == ""  # no log line: nothing was connected to or started
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_each_tool_prints_its_version(tool: str) -> None:
+    done = run_module(f"tools.{tool}", "--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"sensor-pipeline {__version__}"
 
 
 def test_docs_settings_md_is_current():
