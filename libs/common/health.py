@@ -77,9 +77,7 @@ class _QuietServer(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serve_http(
-    app: FastAPI, host: str, port: int, *, limit_concurrency: int | None = None
-) -> AsyncIterator[uvicorn.Server]:
+async def serve_http(app: FastAPI, host: str, port: int) -> AsyncIterator[uvicorn.Server]:
     """Run uvicorn inside the current event loop; signals stay with the service, not uvicorn."""
     config = uvicorn.Config(
         app,
@@ -91,9 +89,6 @@ async def serve_http(
         log_config=None,
         access_log=False,
         lifespan="off",
-        # Past this many connections uvicorn answers 503 at once: a device sends again later
-        # instead of the service buffering without bound.
-        limit_concurrency=limit_concurrency,
     )
     server = _QuietServer(config)
     task = asyncio.create_task(server.serve(), name=f"http:{port}")
