@@ -25,8 +25,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
-from bench.parsing import runs_from_stack
-from bench.stats import Sample
+from bench.harness.parsing import runs_from_stack
+from bench.harness.stats import Sample
 from libs.common.db import migrate
 from libs.common.settings import DEFAULT_DATABASE_URL, PipelineSettings
 
