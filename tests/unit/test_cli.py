@@ -1,5 +1,5 @@
-"""The services' and tools' --help and --version, the benchmark entries' --help, the generated
-settings reference and the build info."""
+"""The services' and tools' --help and --version, the generated settings reference and the build
+info."""
 
 from __future__ import annotations
 
@@ -18,11 +18,6 @@ from libs.common.version import __version__
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("ingest", "validate", "enrich", "store")
 TOOLS = ("setup", "replay", "simulate", "run")
-# The benchmark's entry (make bench) and the research tools run by hand.
-BENCH = (
-    "bench.run",
-    *(f"bench.research.{t}" for t in ("ab", "mqtt_ab", "profile", "profile_service")),
-)
 # Addresses where nothing listens: a tool that started its work would fail or hang, and log it.
 NOWHERE = {
     "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
@@ -78,16 +73,6 @@ def test_each_tool_prints_its_version(tool: str) -> None:
     done = run_module(f"tools.{tool}", "--version")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"sensor-pipeline {__version__}"
-
-
-@pytest.mark.parametrize("module", BENCH)
-def test_each_bench_entry_answers_help_and_starts_nothing(module: str) -> None:
-    for extra in ("psutil", "pyinstrument"):
-        pytest.importorskip(extra, reason="the bench extra is not installed")
-    done = run_module(module, "--help", env=os.environ | NOWHERE)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(f"usage: python -m {module}")
-    assert done.stderr == ""  # nothing connected to or started
 
 
 def test_docs_settings_md_is_current():
