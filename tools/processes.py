@@ -119,11 +119,9 @@ class ServiceProcess:
         self.name, self.module, self.log_path = name, module, log_path
         self.env = dict(env or {})
         self.port, self.host, self.cwd = port, host, cwd
-        self.own_session, self.die_with_parent, self.append_log = (
-            own_session,
-            die_with_parent,
-            append_log,
-        )
+        self.own_session = own_session
+        self.die_with_parent = die_with_parent
+        self.append_log = append_log
         self.popen: subprocess.Popen[bytes] | None = None
         self.stopping = False
         self.ended: Ended | None = None
