@@ -37,6 +37,9 @@ KAFKA_DATA="$KAFKA_DIR/data"
 
 MQTT_DIR="$STACK/mosquitto"
 MQTT_CONF="$MQTT_DIR/mosquitto.conf"
+# The one Mosquitto config, also mounted by docker-compose.yml; stack.sh renders MQTT_CONF
+# from it, changing only what must differ for a local process.
+MQTT_SHARED_CONF="$(cd "$SCRIPT_DIR/../mosquitto" && pwd)/mosquitto.conf"
 
 PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
 # PG_BASE (data dir, socket dir) is .stack/pg unless the OS user `postgres` cannot reach it:

@@ -215,6 +215,36 @@ kafka_wait() {
 # ---------------------------------------------------------------- Mosquitto
 mosquitto_conf_port() { sed -n 's|^listener \([0-9]*\) .*|\1|p' "$MQTT_CONF" 2>/dev/null; }
 
+# mosquitto_render_config USER_LINE: MQTT_CONF from the shared config (MQTT_SHARED_CONF, the
+# one docker-compose.yml mounts), with only what a local process needs otherwise: the
+# listener on 127.0.0.1:MQTT_PORT, persistence and log under STACK_DIR, and the user to run
+# as. Fails if the shared file has not exactly one of each line it replaces.
+mosquitto_render_config() {
+  local user_line=$1
+  {
+    echo "# Rendered by deploy/local/stack.sh on every 'up' from deploy/mosquitto/mosquitto.conf;"
+    echo "# edits here are overwritten."
+    [[ -n $user_line ]] && echo "$user_line"
+    awk -v listener_line="listener $MQTT_PORT 127.0.0.1" \
+      -v persistence_line="persistence_location $MQTT_DIR/data/" \
+      -v log_line="log_dest file $LOGS/mosquitto.log" '
+      $1 == "listener" { print listener_line; n[$1]++; next }
+      $1 == "persistence_location" { print persistence_line; n[$1]++; next }
+      $1 == "log_dest" { print log_line; n[$1]++; next }
+      { print }
+      END {
+        if (n["listener"] != 1 || n["persistence_location"] != 1 || n["log_dest"] != 1) {
+          print "expected one listener, persistence_location and log_dest line each" >"/dev/stderr"
+          exit 3
+        }
+      }' "$MQTT_SHARED_CONF"
+  } >"$MQTT_CONF.tmp" || {
+    rm -f "$MQTT_CONF.tmp"
+    die "cannot render $MQTT_CONF from $MQTT_SHARED_CONF"
+  }
+  mv "$MQTT_CONF.tmp" "$MQTT_CONF"
+}
+
 mosquitto_start() {
   step "Mosquitto: starting on 127.0.0.1:$MQTT_PORT" "$LOGS/mosquitto.log"
   port_open "$MQTT_PORT" && port_taken "$MQTT_PORT" "MQTT_PORT (a system mosquitto service?)"
@@ -235,26 +265,7 @@ mosquitto_start() {
     fi
     user_line="user $run_as"
   fi
-  cat >"$MQTT_CONF" <<EOF
-# Rendered by deploy/local/stack.sh on every 'up'; edits here are overwritten.
-${user_line}
-per_listener_settings false
-listener $MQTT_PORT 127.0.0.1
-protocol mqtt
-allow_anonymous true
-# QoS 1 messages of persistent sessions survive a broker restart.
-persistence true
-persistence_location $MQTT_DIR/data/
-autosave_interval 30
-max_queued_messages 100000
-log_dest file $LOGS/mosquitto.log
-log_type error
-log_type warning
-log_type notice
-log_type information
-log_timestamp_format %Y-%m-%dT%H:%M:%S
-connection_messages true
-EOF
+  mosquitto_render_config "$user_line"
   # Backgrounded rather than -d (daemon), so that its pid is known whoever it runs as.
   setsid "$(mosquitto_bin)" -c "$MQTT_CONF" >>"$LOGS/mosquitto.log" 2>&1 </dev/null 9>&- &
   echo $! >"$RUN/mosquitto.pid"
@@ -444,7 +455,7 @@ cmd_status() {
   done
 }
 
-# Sourced, it only defines.
+# Sourced (the unit tests render the Mosquitto config so), it only defines.
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
   case "${1:-}" in
     up) cmd_up ;;
