@@ -71,17 +71,16 @@ server_start() {
 
 # server_stop NAME: stops the server if it runs; returns 1 if it was not running.
 server_stop() {
-  local name=$1 pid
+  local name=$1 pid was_running=1
   STEP="stopping ${LABEL[$name]}"
   if pid=$(server_pid "$name"); then
     say "${LABEL[$name]}: stopping pid $pid (${STOP_HOW[$name]})"
     # shellcheck disable=SC2086  # the signals are a word list
     stop_pid "$name" "$pid" ${STOP_SIGNALS[$name]}
-    rm -f "$RUN/$name.pid"
-    return 0
+    was_running=0
   fi
   rm -f "$RUN/$name.pid"
-  return 1
+  return "$was_running"
 }
 
 # ---------------------------------------------------------------- helpers
