@@ -1,8 +1,9 @@
 """The Grafana provisioning of deploy/grafana: the dashboards can be imported into any Grafana
 (their data sources are variables whose defaults are the provisioned ones, and no query depends
 on the scrape job's name), every PromQL expression passes promtool and selects only metrics the
-services export, and the dashboards show what the issue asks for. The SQL runs against real data in
-tests/integration/test_dashboards.py.
+services export, and the dashboards show what the issue asks for. The SQL runs against real
+data in tests/integration/test_dashboards.py, the PromQL on a real Prometheus server in
+tests/e2e/test_dashboards.py.
 """
 
 from __future__ import annotations
