@@ -62,9 +62,10 @@ class Running:
 @pytest.fixture(scope="module")
 def running(stack: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     prometheus_binary()  # before anything starts
-    names = Names(uuid.uuid4().hex[:12])
+    run_id = uuid.uuid4().hex[:12]
+    names = Names(run_id)
     asyncio.run(prepare_topics_and_schema(names))
-    chain = Chain(names.suffix, names.env(), tmp_path_factory.mktemp("dashboards"))
+    chain = Chain(run_id, names.env(), tmp_path_factory.mktemp("dashboards"))
     try:
         chain.start_all({stage: stage for stage in STAGES})
         yield Running(names, chain)
