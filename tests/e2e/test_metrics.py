@@ -43,7 +43,7 @@ INGEST_DLQ = {"NotJson": 2, "MissingDeviceId": 2, "NotAnObject": 1}
 VALIDATE_DLQ = {"RuleViolation": 1, "SchemaViolation": 1}
 DUPLICATES = 2
 ROWS = 12
-HTTP_REQUESTS = {"accepted": 2, "rejected": 1, "too_large": 1, "unavailable": 0}
+HTTP_REQUESTS = {"accepted": 2, "rejected": 1, "too_large": 1, "unavailable": 0, "busy": 0}
 # Readings are stamped this long before they are sent: the end-to-end latency from the device
 # timestamp is at least this.
 STAMPED_AGO_S = 30
