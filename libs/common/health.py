@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from libs.common import metrics
+from libs.common.version import __version__
 
 
 def json_response(
@@ -69,7 +70,9 @@ _PROMETHEUS_TEXT: dict[int | str, dict[str, Any]] = {
 
 def health_app(readiness: Readiness, app: FastAPI | None = None) -> FastAPI:
     """Add the three operational routes to `app` (a new one when None)."""
-    app = app or FastAPI(title=f"sensor pipeline: {readiness.stage}", docs_url=None)
+    app = app or FastAPI(
+        title=f"sensor pipeline: {readiness.stage}", version=__version__, docs_url=None
+    )
 
     @app.get("/healthz", response_class=Response, responses={200: {"model": Alive}})
     async def healthz() -> Response:

@@ -18,6 +18,7 @@ from libs.common import metrics
 from libs.common.errors import BodyTooLarge, BrokerUnavailable
 from libs.common.health import json_response
 from libs.common.models import RawReading, Source, Stage
+from libs.common.version import __version__
 from services.ingest.handover import Handover
 from services.ingest.intake import split_body
 from services.ingest.settings import IngestSettings
@@ -62,7 +63,9 @@ router = APIRouter()
 class Reject(BaseModel):
     """One reading of the body that failed ingest's format checks; it went to the DLQ."""
 
-    index: int = Field(ge=0, description="Its place in the body: array index or NDJSON line.")
+    index: int = Field(
+        ge=0, description="Its place in the body: array index, or NDJSON line (non-blank ones)."
+    )
     # The RecordErrors that services.ingest.intake raises.
     error_type: Literal["PayloadTooLarge", "NotJson", "NotAnObject", "MissingDeviceId"]
     reasons: list[str]
@@ -207,7 +210,12 @@ class ConcurrencyLimit:
 
 
 def ingest_app(handover: Handover, settings: IngestSettings) -> FastAPI:
-    app = FastAPI(title="sensor pipeline: ingest", docs_url="/docs")
+    app = FastAPI(
+        title="sensor pipeline: ingest",
+        version=__version__,
+        description="Readings over HTTP, handed to Kafka (docs/api.md).",
+        docs_url="/docs",
+    )
     app.state.handover = handover
     app.state.settings = settings
     app.include_router(router)

@@ -15,6 +15,7 @@ import pytest
 from libs.common import cli
 from libs.common.health import Readiness, health_app
 from libs.common.models import RawReading, reading_json_schema
+from libs.common.version import __version__
 from services.ingest.handover import Handover
 from services.ingest.http_api import ingest_app
 from services.ingest.settings import IngestSettings
@@ -93,6 +94,10 @@ def test_the_readings_answers_are_documented_with_their_models(document):
         "NotAnObject",
         "MissingDeviceId",
     }
+
+
+def test_the_document_carries_the_project_s_version(document):
+    assert document["info"]["version"] == __version__
 
 
 def test_health_readiness_and_metrics_are_in_the_document(document):
