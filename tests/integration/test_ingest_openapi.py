@@ -4,6 +4,7 @@ status, content type and body against the document."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -51,6 +52,8 @@ def schemathesis(
     location: str, base_url: str, report: Path, *options: str
 ) -> subprocess.CompletedProcess[str]:
     """One `schemathesis run`, its JSON report written to `report`."""
+    if importlib.util.find_spec("schemathesis") is None:
+        pytest.fail("schemathesis is not installed: pip install -e '.[test]'", pytrace=False)
     # Without its cache of earlier failures (a .schemathesis/ in the checkout, replayed first):
     # each run stands on its own.
     config = report.with_name("schemathesis.toml")
