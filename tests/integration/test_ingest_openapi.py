@@ -16,9 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Names
-from tests.e2e.processes import REPO_ROOT, Service, free_ports, start
+from tests.e2e.processes import Service, start
 from tests.integration.kafka_helpers import settle_and_read
+from tools.names import Names
+from tools.processes import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +40,9 @@ LIMITS = {"MAX_BODY_BYTES": "4096", "MAX_RECORD_BYTES": "512"}
 def ingest(topics: Names, tmp_path: Path) -> Iterator[Service]:
     """ingest as a process on the test's own topics; MQTT off, so it joins no shared
     subscription of the real broker."""
-    [port] = free_ports(1)
-    service = start("ingest", port, topics.env() | LIMITS | {"MQTT_ENABLED": "false"}, tmp_path)
+    service = start(
+        "ingest", free_port(), topics.env() | LIMITS | {"MQTT_ENABLED": "false"}, tmp_path
+    )
     try:
         service.wait_ready()
         yield service
@@ -105,7 +107,7 @@ async def test_ingest_answers_as_its_openapi_document_says(
     assert report["test_cases"]["generated"] >= 100, report["test_cases"]
 
     # What ingest accepted went to this test's private topics, and all of it arrived there.
-    metrics = httpx.get(f"{ingest.url}/metrics", timeout=5).text
+    metrics = ingest.metrics()
     accepted = counter(metrics, "pipeline_messages_out_total")
     dead_letters = counter(metrics, "pipeline_dlq_records_total")
     assert accepted > 0 and dead_letters > 0, (accepted, dead_letters, report)
