@@ -22,7 +22,7 @@ from libs.common.lifecycle import sleep_or_stop
 from libs.common.models import Source, Stage
 from libs.common.retry import until_stopped
 from services.ingest.handover import Handover
-from services.ingest.intake import Rejected, check_message
+from services.ingest.intake import Rejected, check_message, device_of_topic
 from services.ingest.mqtt_client import Delivery, MqttSession
 from services.ingest.settings import IngestSettings
 
@@ -148,7 +148,9 @@ class MqttIngest:
             try:
                 accepted.append(check_message(payload, limit))
             except RecordError as error:
-                rejected.append(Rejected.of(index, payload, error, limit))
+                # The topic names the device even when the payload cannot say.
+                device_id = device_of_topic(message.topic)
+                rejected.append(Rejected.of(index, payload, error, limit, device_id))
         metrics.MESSAGES_IN.labels(_STAGE).inc(len(batch))
         if not await self._until_handed_over(accepted, rejected, stop):
             # Stopping while Kafka is away: unacknowledged, the broker keeps these messages in
