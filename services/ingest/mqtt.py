@@ -1,9 +1,9 @@
 """The MQTT side of ingest: a shared QoS 1 subscription, acknowledged only after Kafka has it.
 
-Messages are taken in batches (up to `mqtt_batch_max`, or what arrived within `max_wait_s`) so
-one Kafka round trip covers many readings; a few batches are handed over at the same time, and
-each message is acknowledged to the broker only after its batch was handed over, in the order
-the messages came.
+Messages are taken in batches (up to `max_records`, or what arrived within `batch_max_wait_ms`
+after the first, as the runner polls) so one Kafka round trip covers many readings; up to
+`mqtt_max_concurrency` batches are handed over at the same time, and each message is
+acknowledged to the broker only after its batch was handed over, in the order the messages came.
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ class MqttIngest:
         handover: Handover,
         readiness: Readiness,
         *,
-        max_wait_s: float = 0.005,
+        batch_max_wait_ms: int = 5,
     ) -> None:
         self.settings = settings
         self.handover = handover
         self.readiness = readiness
-        self.max_batch = settings.mqtt_batch_max
-        self.max_wait_s = max_wait_s
+        self.max_records = settings.mqtt_max_records
+        self.batch_max_wait_ms = batch_max_wait_ms
 
     def _session(self) -> MqttSession:
         url = urlsplit(self.settings.mqtt_url)
@@ -107,7 +107,9 @@ class MqttIngest:
         try:
             while not stop.is_set() and not session.lost.is_set():
                 # Cancelling a take is safe: it removes messages only after its last await.
-                taking = asyncio.create_task(session.take(self.max_batch, self.max_wait_s))
+                taking = asyncio.create_task(
+                    session.take(self.max_records, self.batch_max_wait_ms / 1000)
+                )
                 await asyncio.wait({taking, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 if not taking.done():
                     taking.cancel()
@@ -117,7 +119,7 @@ class MqttIngest:
                 batch = taking.result()
                 if not batch:
                     break
-                while len(in_flight) >= self.settings.mqtt_handovers_in_flight:
+                while len(in_flight) >= self.settings.mqtt_max_concurrency:
                     done, in_flight = await asyncio.wait(
                         in_flight, return_when=asyncio.FIRST_COMPLETED
                     )
