@@ -32,7 +32,7 @@ async def start_kafka_client(client: AIOKafkaProducer | AIOKafkaConsumer, what: 
         except KafkaError as error:
             raise BrokerUnavailable(f"{what}: {error!r}") from error
 
-    await call_with_retry(_start, STARTUP_WAIT_S)
+    await call_with_retry(_start, STARTUP_WAIT_S, name=f"start {what}")
 
 
 async def close_quietly(closing: Awaitable[None], what: str, timeout_s: float) -> None:
