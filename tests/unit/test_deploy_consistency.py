@@ -5,7 +5,9 @@ Prometheus and Grafana provisioning are parsed (nothing is run) and compared wit
 classes: every environment variable they set is a field of the settings class of the process it
 reaches, ports and probes are the settings' defaults and those of docs/architecture.md, topic names
 and consumer groups are the defaults, Prometheus scrapes every stage where compose runs it,
-Grafana reads the database compose runs, and nothing is published beyond 127.0.0.1.
+Grafana reads the database compose runs, and nothing is published beyond 127.0.0.1. The one
+thing run is deploy/local/stack.sh's rendering of the local Mosquitto config from compose's (into
+a temporary folder): it may change only the address and the paths.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import os
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ K8S_DIR = ROOT / "deploy" / "k8s"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
+STACK_SH = ROOT / "deploy" / "local" / "stack.sh"
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 
@@ -456,6 +461,60 @@ def test_mosquitto_conf_listens_where_ingest_connects_and_keeps_sessions() -> No
     assert options["allow_anonymous"] == "true"
     assert options["persistence"] == "true"
     assert options["persistence_location"].startswith("/mosquitto/data")
+
+
+def test_mosquitto_autosaves_every_30_s_the_interval_the_fault_figures_were_measured_with() -> None:
+    assert mosquitto_options()["autosave_interval"] == "30"
+
+
+def config_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()[:1] not in ("", "#")]
+
+
+def render_local_mosquitto_conf(state: Path, shared: Path) -> subprocess.CompletedProcess[str]:
+    """stack.sh's mosquitto_render_config (stack.sh sourced: it only defines), STACK_DIR=state."""
+    (state / "mosquitto").mkdir(parents=True, exist_ok=True)
+    script = '. "$1"; MQTT_SHARED_CONF=$2; mosquitto_render_config "user mosquitto"'
+    return subprocess.run(
+        ["bash", "-c", script, "render", str(STACK_SH), str(shared)],
+        env=os.environ | {"STACK_DIR": str(state), "MQTT_PORT": "31883"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_the_local_stack_renders_the_compose_mosquitto_conf_changing_only_address_and_paths(
+    tmp_path: Path,
+) -> None:
+    done = render_local_mosquitto_conf(tmp_path, MOSQUITTO_CONF)
+    assert done.returncode == 0, done.stderr
+    shared = config_lines(MOSQUITTO_CONF.read_text())
+    local = config_lines((tmp_path / "mosquitto" / "mosquitto.conf").read_text())
+    only_local = {
+        "user mosquitto",
+        "listener 31883 127.0.0.1",
+        f"persistence_location {tmp_path}/mosquitto/data/",
+        f"log_dest file {tmp_path}/logs/mosquitto.log",
+    }
+    only_shared = {"listener 1883", "persistence_location /mosquitto/data/", "log_dest stdout"}
+    assert set(local) - set(shared) == only_local
+    assert set(shared) - set(local) == only_shared
+    assert [line for line in local if line not in only_local] == [
+        line for line in shared if line not in only_shared
+    ]
+
+
+def test_rendering_the_local_mosquitto_conf_fails_when_a_replaced_line_is_doubled(
+    tmp_path: Path,
+) -> None:
+    shared = tmp_path / "mosquitto.conf"
+    shared.write_text(MOSQUITTO_CONF.read_text() + "listener 8883\n")
+    done = render_local_mosquitto_conf(tmp_path / "state", shared)
+    assert done.returncode == 1
+    assert "cannot render" in done.stderr
+    assert not (tmp_path / "state" / "mosquitto" / "mosquitto.conf").exists()
 
 
 # --- Dockerfile ----------------------------------------------------------------------------------
