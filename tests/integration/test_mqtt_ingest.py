@@ -53,14 +53,14 @@ async def wait_until(condition: object, timeout_s: float = 15) -> None:
 async def test_a_bad_mqtt_message_reaches_the_dlq_with_the_device_of_its_topic(
     topics: Names,
 ) -> None:
-    device = f"dev-{topics.suffix}"
+    device = f"dev-{topics.run_id}"
     topic = f"sensors/{device}/readings"
     settings = topics.settings_of(
         IngestSettings,
         mqtt_url=f"mqtt://{MQTT_HOST}:{MQTT_PORT}",
         # Only this test's device: the local broker carries other tests' readings too.
         mqtt_topic=topic,
-        mqtt_client_id=f"test-ingest-{topics.suffix}",
+        mqtt_client_id=f"test-ingest-{topics.run_id}",
     )
     good = orjson.dumps({"device_id": device, "timestamp": 1, "temperature": 20.0})
     stop = asyncio.Event()
@@ -88,7 +88,7 @@ async def test_an_unreachable_broker_is_retried_until_stopped_and_never_ready(
     settings = topics.settings_of(
         IngestSettings,
         mqtt_url=f"mqtt://{MQTT_HOST}:1",
-        mqtt_client_id=f"test-ingest-{topics.suffix}",
+        mqtt_client_id=f"test-ingest-{topics.run_id}",
         mqtt_reconnect_max_s=0.05,
     )
     stop = asyncio.Event()
