@@ -150,7 +150,8 @@ async def until_stopped(
     stage: str | None = None,
 ) -> T | None:
     """Run `operation` (at least once), retrying its transient errors for as long as it takes;
-    None when `stop` is set while waiting to try again. Permanent errors are raised."""
+    None when `stop` is set while waiting to try again (so `operation` should return something
+    else). Permanent errors are raised."""
     try:
         return await call_with_retry(
             operation,
