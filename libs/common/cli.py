@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings
 
 from libs.common.settings import PipelineSettings
@@ -84,9 +84,38 @@ def serve(
     from libs.common.lifecycle import run
     from libs.common.logs import configure_logging
 
-    settings = settings_class()
+    settings = read_settings(settings_class)
     configure_logging(settings.service_name, settings.log_level)
     run(lambda stop: run_service(settings, stop), settings.shutdown_timeout_s)
+
+
+def settings_problems(error: ValidationError, settings_class: type[BaseSettings]) -> str:
+    """One line per bad setting, by its environment variable, for people (no traceback); a
+    secret's value is never shown."""
+    secrets = {name for name, shown, _ in settings_rows(settings_class) if shown == SECRET}
+    lines = []
+    for problem in error.errors(include_url=False):
+        name = "_".join(str(part) for part in problem["loc"]).upper()
+        message = problem["msg"].removeprefix("Value error, ")
+        got = problem.get("input")
+        shown = (
+            f" (got {got!r})"
+            if name and name not in secrets and isinstance(got, str | int | float)
+            else ""
+        )
+        lines.append(f"  {name}: {message}{shown}" if name else f"  {message}")
+    return "\n".join(lines)
+
+
+def read_settings(settings_class: type[S]) -> S:
+    """The settings from the environment; a bad one exits 2 with what is wrong and where."""
+    try:
+        return settings_class()
+    except ValidationError as error:
+        sys.stderr.write(
+            f"{error.title}: bad settings\n{settings_problems(error, settings_class)}\n"
+        )
+        raise SystemExit(2) from None
 
 
 def _service_settings() -> dict[str, type[PipelineSettings]]:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from libs.common.settings import PipelineSettings
 from services.ingest.intake import MAX_RECORD_BYTES
+
+# Settings renamed to the runner's names after 0.1.0: one still set in a deployment stops the
+# service with the new name, instead of being ignored while the default applies.
+RENAMED = {
+    "MQTT_BATCH_MAX": "MQTT_MAX_RECORDS",
+    "MQTT_HANDOVERS_IN_FLIGHT": "MQTT_MAX_CONCURRENCY",
+}
 
 
 class IngestSettings(PipelineSettings):
@@ -52,3 +60,10 @@ class IngestSettings(PipelineSettings):
         if parts.scheme != "mqtt" or not parts.hostname:
             raise ValueError("mqtt_url must look like mqtt://host:port")
         return value
+
+    @model_validator(mode="after")
+    def _no_renamed_settings(self) -> IngestSettings:
+        old = [f"{name} is now {new}" for name, new in RENAMED.items() if name in os.environ]
+        if old:
+            raise ValueError("renamed settings: " + "; ".join(old))
+        return self

@@ -113,3 +113,14 @@ def test_build_commit_falls_back_to_git_in_a_checkout(monkeypatch):
         ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
     ).stdout.strip()
     assert metrics.build_commit() == (head or "unknown")
+
+
+def test_a_bad_setting_is_named_by_its_variable_without_a_traceback_or_the_secret() -> None:
+    env = os.environ | {"HTTP_PORT": "eighty", "DATABASE_URL": "mysql://u:hunter2@h/db"}
+    done = run_module("services.store", env=env)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "HTTP_PORT: Input should be a valid integer" in done.stderr
+    assert "(got 'eighty')" in done.stderr
+    assert "DATABASE_URL: database_url must be a postgresql:// URL" in done.stderr
+    assert "hunter2" not in done.stderr

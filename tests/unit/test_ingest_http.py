@@ -171,6 +171,17 @@ async def test_the_answers_are_the_documented_models_with_every_reject_type(
     ErrorAnswer.model_validate_json(too_large.content, strict=True)
 
 
+def test_a_renamed_setting_stops_the_service_with_its_new_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MQTT_BATCH_MAX", "100")
+    with pytest.raises(pydantic.ValidationError, match="MQTT_BATCH_MAX is now MQTT_MAX_RECORDS"):
+        IngestSettings()
+    monkeypatch.delenv("MQTT_BATCH_MAX")
+    monkeypatch.setenv("MQTT_MAX_RECORDS", "100")
+    assert IngestSettings().mqtt_max_records == 100
+
+
 def test_mqtts_is_refused_until_the_client_speaks_tls() -> None:
     with pytest.raises(pydantic.ValidationError, match="mqtts:// .TLS. is not supported yet"):
         IngestSettings(mqtt_url="mqtts://broker.example:8883")
