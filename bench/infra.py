@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import subprocess
 import tempfile
 import time
@@ -13,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import psutil
@@ -24,19 +24,23 @@ from aiokafka.partitioner import DefaultPartitioner
 from bench.harness.parsing import runs_from_stack
 from bench.harness.stats import Sample
 from libs.common.db import migrate
-from libs.common.settings import DEFAULT_DATABASE_URL, PipelineSettings
+from services.ingest.settings import IngestSettings
 from tools import names
 from tools.processes import ProcessError, ServiceProcess
 from tools.processes import free_port as free_port  # re-exported: bench modules import it here
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+# The servers the services would use, from their own settings classes (the same variables and
+# defaults), never from copies here.
+_SETTINGS = IngestSettings()
+KAFKA = _SETTINGS.kafka_bootstrap_servers
 # What the services' producers compress with (PRODUCER_COMPRESSION or the default), so the
 # pre-filled topics and the Java producer's limit are what the stages see and do.
-PRODUCER_COMPRESSION = PipelineSettings().producer_compression
-DATABASE_URL = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
-MQTT_HOST = "127.0.0.1"
-MQTT_PORT = int(os.environ.get("MQTT_PORT", "1883"))
+PRODUCER_COMPRESSION = _SETTINGS.producer_compression
+DATABASE_URL = _SETTINGS.database_url.get_secret_value()
+_MQTT = urlsplit(_SETTINGS.mqtt_url)
+MQTT_HOST = _MQTT.hostname or "127.0.0.1"
+MQTT_PORT = _MQTT.port or 1883
 # As in production (tools/setup.py's default): the stages' parallelism is per partition.
 PARTITIONS = 6
 KAFKA_TOOL = REPO_ROOT / "deploy" / "local" / "kafka-tool.sh"
