@@ -19,12 +19,18 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-# README.m[d]: the readme of pyproject.toml, copied when present (a glob may match nothing).
-COPY pyproject.toml README.m[d] ./
+# The dependencies first, exactly as locked (versions and hashes: `make lock`), in a layer of
+# their own that a code change does not rebuild.
+COPY requirements/runtime.lock ./requirements/
+RUN pip install --require-hashes -r requirements/runtime.lock
+# Then the project alone (--no-deps: nothing beyond the lock). README.m[d]: the readme of
+# pyproject.toml, copied when present (a glob may match nothing); LICENSE and NOTICE are its
+# license-files, which the build needs.
+COPY pyproject.toml README.m[d] LICENSE NOTICE ./
 COPY libs ./libs
 COPY services ./services
 COPY tools ./tools
-RUN pip install .
+RUN pip install --no-deps .
 
 # --- runtime -----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

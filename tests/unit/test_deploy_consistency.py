@@ -487,7 +487,10 @@ def test_dockerfile_installs_the_project_on_python_311_slim_and_runs_as_non_root
         if keyword == "FROM"
     ]
     assert bases and set(bases) == {"python:3.11-slim"}
-    assert any(k == "RUN" and re.search(r"pip install \.(\s|$)", r) for k, r in instructions)
+    # The dependencies from the runtime lock (test_lock.py), then the project without them.
+    assert any(
+        k == "RUN" and re.search(r"pip install --no-deps \.(\s|$)", r) for k, r in instructions
+    )
     final = instructions[max(i for i, (k, _) in enumerate(instructions) if k == "FROM") :]
     users = [rest for keyword, rest in final if keyword == "USER"]
     assert users and users[-1].split(":")[0] not in {"root", "0"}
@@ -509,7 +512,8 @@ def test_the_installed_package_carries_the_migrations_the_image_runs() -> None:
     ]
     assert "*.sql" in package_data["*"]
     ignored = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()}
-    assert not ignored & {"libs", "services", "tools", "pyproject.toml"}
+    copied = {"libs", "services", "tools", "pyproject.toml", "requirements", "LICENSE", "NOTICE"}
+    assert not ignored & copied
 
 
 # --- deploy/k8s ----------------------------------------------------------------------------------
