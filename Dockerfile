@@ -6,7 +6,10 @@
 #
 #   docker build -t sensor-pipeline:dev .
 
-ARG PYTHON_IMAGE=python:3.11-slim
+# An exact patch release on an exact Debian: an image built next month starts from the same
+# Python. Moving it is an edit here (the major.minor is pyproject's requires-python, checked by
+# tests/unit/test_deploy_consistency.py).
+ARG PYTHON_IMAGE=python:3.11.17-slim-bookworm
 
 # --- build: install the project and its dependencies into a virtualenv -------------------------
 FROM ${PYTHON_IMAGE} AS build
@@ -34,6 +37,19 @@ RUN pip install --no-deps .
 
 # --- runtime -----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
+
+# OCI annotations (https://specs.opencontainers.org/image-spec/annotations/): title, description,
+# licence and version are pyproject's (a test keeps them equal); where the source lives and
+# which commit was built are given by whoever builds and publishes the image:
+#   docker build --build-arg SOURCE_URL=<repository URL> --build-arg REVISION=$(git rev-parse HEAD) .
+ARG SOURCE_URL=""
+ARG REVISION=""
+LABEL org.opencontainers.image.title="sensor-pipeline" \
+      org.opencontainers.image.description="Sensor readings over MQTT/HTTP, validated, enriched and stored in TimescaleDB, stage by stage over Kafka." \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
+      org.opencontainers.image.revision="${REVISION}"
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

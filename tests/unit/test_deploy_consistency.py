@@ -22,6 +22,8 @@ from urllib.parse import SplitResult, urlsplit
 
 import pytest
 import yaml
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
@@ -472,7 +474,7 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
-def test_dockerfile_installs_the_project_on_python_311_slim_and_runs_as_non_root() -> None:
+def test_dockerfile_installs_the_project_on_a_pinned_python_slim_and_runs_as_non_root() -> None:
     instructions = dockerfile_instructions()
     args = dict(
         rest.split("=", 1) for keyword, rest in instructions if keyword == "ARG" and "=" in rest
@@ -486,7 +488,15 @@ def test_dockerfile_installs_the_project_on_python_311_slim_and_runs_as_non_root
         for keyword, rest in instructions
         if keyword == "FROM"
     ]
-    assert bases and set(bases) == {"python:3.11-slim"}
+    # One base for both stages: the official slim image at an exact patch release on an exact
+    # Debian release, of the Python that pyproject requires.
+    assert len(bases) >= 2 and len(set(bases)) == 1, bases
+    match = re.fullmatch(r"python:(\d+)\.(\d+)\.(\d+)-slim-(bookworm|trixie)", bases[0])
+    assert match, f"not an exact python:X.Y.Z-slim-<debian> tag: {bases[0]}"
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    patch = Version(".".join(match.groups()[:3]))
+    assert patch in SpecifierSet(requires), (bases[0], requires)
+    assert requires.startswith(f">={patch.major}.{patch.minor}"), (bases[0], requires)
     # The dependencies from the runtime lock (test_lock.py), then the project without them.
     assert any(
         k == "RUN" and re.search(r"pip install --no-deps \.(\s|$)", r) for k, r in instructions
@@ -498,6 +508,27 @@ def test_dockerfile_installs_the_project_on_python_311_slim_and_runs_as_non_root
     cmd = [rest for keyword, rest in final if keyword == "CMD"]
     assert len(cmd) == 1 and yaml.safe_load(cmd[0])[:2] == ["python", "-m"]
     assert yaml.safe_load(cmd[0])[2] in MODULE_OF.values()
+
+
+def test_dockerfile_labels_the_image_with_pyprojects_oci_annotations() -> None:
+    instructions = dockerfile_instructions()
+    final = instructions[max(i for i, (k, _) in enumerate(instructions) if k == "FROM") :]
+    labels = dict(
+        item.split("=", 1)
+        for keyword, rest in final
+        if keyword == "LABEL"
+        for item in shlex.split(rest)
+    )
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    oci = "org.opencontainers.image."
+    assert labels[oci + "title"] == project["name"]
+    assert labels[oci + "description"] == project["description"]
+    assert labels[oci + "licenses"] == project["license"] == "Apache-2.0"
+    assert labels[oci + "version"] == project["version"]
+    # Given at build time (--build-arg): the repository and the commit.
+    assert labels[oci + "source"] == "${SOURCE_URL}"
+    assert labels[oci + "revision"] == "${REVISION}"
+    assert {"ARG SOURCE_URL", "ARG REVISION"} <= {f"{k} {r.split('=')[0]}" for k, r in final}
 
 
 def test_the_installed_package_carries_the_migrations_the_image_runs() -> None:
