@@ -5,14 +5,13 @@ Prometheus and Grafana provisioning are parsed (nothing is run) and compared wit
 classes: every environment variable they set is a field of the settings class of the process it
 reaches, ports and probes are the settings' defaults and those of docs/architecture.md, topic names
 and consumer groups are the defaults, Prometheus scrapes every stage where compose runs it,
-Grafana reads the database compose runs, and nothing is published beyond 127.0.0.1.
+Grafana reads the database compose runs, nothing is published beyond 127.0.0.1, and the images
+compose pulls are exact releases, those of the local stack for Kafka, Mosquitto and TimescaleDB.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.util
 import re
 import shlex
 import tomllib
@@ -33,6 +32,7 @@ from services.ingest.settings import IngestSettings
 from services.store.settings import StoreSettings
 from services.validate.settings import ValidateSettings
 from tools.setup import SetupSettings
+from tools.simulate import SimulatorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -40,6 +40,7 @@ K8S_DIR = ROOT / "deploy" / "k8s"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
+LOCAL_STACK = ROOT / "deploy" / "local"
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 
@@ -67,27 +68,11 @@ CONSUMER_STAGES = ("validate", "enrich", "store")
 TOPIC_VARS = ("TOPIC_RAW", "TOPIC_VALIDATED", "TOPIC_ENRICHED", "TOPIC_DLQ")
 
 
-def _simulator_settings() -> type[BaseSettings]:
-    """The settings class of tools.simulate once it exists; until then ingest's (same broker)."""
-    if importlib.util.find_spec("tools.simulate") is not None:
-        module = importlib.import_module("tools.simulate")
-        own = [
-            value
-            for value in vars(module).values()
-            if isinstance(value, type)
-            and issubclass(value, BaseSettings)
-            and value.__module__ == module.__name__
-        ]
-        if len(own) == 1:
-            return own[0]
-    return IngestSettings
-
-
 # The settings class of the process each compose service / k8s workload starts.
 SETTINGS_OF: dict[str, type[BaseSettings]] = {
     **STAGES,
     "setup": SetupSettings,
-    "simulator": _simulator_settings(),
+    "simulator": SimulatorSettings,
 }
 MODULE_OF = {
     **{name: f"services.{name}" for name in STAGES},
@@ -288,6 +273,90 @@ def test_compose_database_matches_the_default_database_url() -> None:
             url.path,
         ), name
         assert (used.hostname, used.port) == ("timescaledb", url.port), name
+
+
+def test_compose_simulator_posts_to_the_ingest_container_and_publishes_to_mosquitto() -> None:
+    settings = build_settings(SimulatorSettings, compose_env("simulator"))
+    assert isinstance(settings, SimulatorSettings)
+    http = urlsplit(settings.ingest_base_url())
+    assert (http.scheme, http.hostname, http.port) == ("http", "ingest", 8080)
+    assert http.port == int(compose_env("ingest")["HTTP_PORT"])
+    mqtt = urlsplit(settings.mqtt_url)
+    assert (mqtt.hostname, mqtt.port) == ("mosquitto", ARCHITECTURE_PORTS["mosquitto"])
+    assert set(compose_service("simulator")["depends_on"]) == {"ingest"}
+
+
+# --- the images of docker-compose.yml and the local stack ----------------------------------------
+
+
+def local_stack_versions() -> dict[str, str]:
+    """The releases `make up` installs: Kafka's from its Maven pom, PostgreSQL's major from
+    stack.sh, Mosquitto's and TimescaleDB's (Debian packages) from deploy/local/README.md."""
+    pom = (LOCAL_STACK / "kafka" / "pom.xml").read_text()
+    stack = (LOCAL_STACK / "stack.sh").read_text()
+    readme = (LOCAL_STACK / "README.md").read_text()
+    versions = {
+        "kafka": re.findall(r"<kafka\.version>([^<]+)</kafka\.version>", pom),
+        "pg_major": re.findall(r"^PG_MAJOR=\$\{PG_MAJOR:-(\d+)\}$", stack, re.MULTILINE),
+        "mosquitto": re.findall(r"^\| Mosquitto [^|]*\| (\d+\.\d+\.\d+) ", readme, re.MULTILINE),
+        "timescaledb": re.findall(
+            r"^\| PostgreSQL \+ TimescaleDB \| (\d+) \(Debian\) \+ (\d+\.\d+\.\d+) ",
+            readme,
+            re.MULTILINE,
+        ),
+    }
+    for name, found in versions.items():
+        assert len(found) == 1, (name, found)
+    [(readme_pg_major, timescaledb)] = versions["timescaledb"]
+    assert readme_pg_major == versions["pg_major"][0]
+    return {
+        "kafka": versions["kafka"][0],
+        "pg_major": versions["pg_major"][0],
+        "mosquitto": versions["mosquitto"][0],
+        "timescaledb": timescaledb,
+    }
+
+
+def test_compose_runs_the_infrastructure_releases_of_the_local_stack() -> None:
+    local = local_stack_versions()
+    assert local["kafka"] == "4.4.0" and local["pg_major"] == "15"
+    assert compose_service("kafka")["image"] == f"apache/kafka:{local['kafka']}"
+    assert compose_service("mosquitto")["image"] == f"eclipse-mosquitto:{local['mosquitto']}"
+    assert compose_service("timescaledb")["image"] == (
+        f"timescale/timescaledb:{local['timescaledb']}-pg{local['pg_major']}"
+    )
+
+
+def test_compose_pins_every_image_it_pulls_to_an_exact_release() -> None:
+    pulled = {
+        name: service["image"]
+        for name, service in compose()["services"].items()
+        if "build" not in service
+    }
+    assert set(pulled) == {"kafka", "mosquitto", "timescaledb", "prometheus", "grafana"}
+    for name, image in pulled.items():
+        _, _, tag = image.partition(":")
+        assert re.fullmatch(r"v?\d+\.\d+\.\d+(-pg\d+)?", tag), (name, image)
+
+
+def stack_timescaledb_settings() -> dict[str, str]:
+    """The timescaledb.* lines of the postgresql.conf that stack.sh renders."""
+    stack = (LOCAL_STACK / "stack.sh").read_text()
+    found = re.findall(r"^(timescaledb\.\w+) = '?([^'\n]*)'?$", stack, re.MULTILINE)
+    return dict(found)
+
+
+def test_compose_timescaledb_runs_with_the_local_stacks_licence_and_telemetry_settings() -> None:
+    local = stack_timescaledb_settings()
+    assert local["timescaledb.license"] == "apache"
+    assert local["timescaledb.telemetry_level"] == "off"
+    command = command_of(compose_service("timescaledb")["command"])
+    assert command[0] == "postgres"
+    options = dict(
+        command[index + 1].split("=", 1) for index, part in enumerate(command) if part == "-c"
+    )
+    for key in ("timescaledb.license", "timescaledb.telemetry_level"):
+        assert options[key] == local[key], key
 
 
 # --- Prometheus and Grafana in docker-compose.yml ------------------------------------------------
