@@ -6,10 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -18,17 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
-import httpx
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
-from bench.parsing import runs_from_stack
-from bench.stats import Sample
+from bench.harness.parsing import runs_from_stack
+from bench.harness.stats import Sample
 from libs.common.db import migrate
 from libs.common.settings import DEFAULT_DATABASE_URL, PipelineSettings
+from tools import names
+from tools.processes import ProcessError, ServiceProcess
+from tools.processes import free_port as free_port  # re-exported: bench modules import it here
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -46,26 +45,10 @@ Record = tuple[bytes | None, bytes, list[tuple[str, bytes]]]  # key, value, head
 
 
 @dataclass(frozen=True, slots=True)
-class Names:
-    """Topic, group, schema and client names private to one run, so runs never collide."""
+class Names(names.Names):
+    """The shared per-run names under the prefix `bench`: bench-<run_id>-<what>, ..."""
 
-    run_id: str
-
-    def topic(self, what: str) -> str:
-        return f"bench-{self.run_id}-{what}"
-
-    def group(self, what: str) -> str:
-        return f"bench-{self.run_id}-{what}"
-
-    def schema(self, what: str) -> str:
-        return f"bench_{self.run_id}_{what}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    prefix: str = "bench"
 
 
 # ---------------------------------------------------------------------------------------- Kafka
@@ -237,38 +220,41 @@ async def drop_schemas(schemas: Sequence[str]) -> None:
 
 @dataclass
 class Proc:
-    """A measured process: a service or a peer, started with `python -m <module>`."""
+    """A measured process: a service or a peer, started with `python -m <module>` by the shared
+    helper (tools/processes.py); this adds what it cost in CPU and memory."""
 
     name: str
     module: str
     env: dict[str, str]
     log_dir: Path
     port: int | None = None
-    process: subprocess.Popen[bytes] | None = None
     peak_rss: int = 0
     # Where `python -m` finds the module: another checkout runs that checkout's code.
     cwd: Path = REPO_ROOT
+    _service: ServiceProcess | None = field(default=None, repr=False)
     _ps: psutil.Process | None = field(default=None, repr=False)
 
     def start(self) -> Proc:
-        env = os.environ | self.env
-        if self.port is not None:
-            env["HTTP_PORT"] = str(self.port)
-        log_path = self.log_dir / f"{self.name}.log"
-        with log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", self.module],
-                cwd=self.cwd,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self._ps = psutil.Process(self.process.pid)
+        self._service = ServiceProcess(
+            self.name,
+            self.module,
+            self.log_dir / f"{self.name}.log",
+            env=self.env,
+            port=self.port,
+            cwd=self.cwd,
+            append_log=True,
+        ).start()
+        assert self._service.popen is not None
+        self._ps = psutil.Process(self._service.popen.pid)
         return self
 
     @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self._service.popen if self._service else None
+
+    @property
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self._service is not None and self._service.alive
 
     def usage(self) -> tuple[float, int]:
         """CPU seconds so far and resident bytes now (0, 0 once it has exited)."""
@@ -284,46 +270,23 @@ class Proc:
         return cpu.user + cpu.system, rss
 
     def log_tail(self, lines: int = 30) -> str:
-        path = self.log_dir / f"{self.name}.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return self._service.log_tail(lines) if self._service else ""
 
     async def wait_ready(self, timeout_s: float = 90.0) -> None:
         """Until /readyz answers 200 (services) or, without a port, until the process runs."""
-        deadline = time.monotonic() + timeout_s
-        async with httpx.AsyncClient(timeout=1.0) as client:
-            while time.monotonic() < deadline:
-                if not self.alive:
-                    raise RuntimeError(f"{self.name} exited at start-up:\n{self.log_tail()}")
-                if self.port is None:
-                    return
-                try:
-                    response = await client.get(f"http://127.0.0.1:{self.port}/readyz")
-                    if response.status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+        assert self._service is not None
+        try:
+            await self._service.wait_ready(timeout_s)
+        except ProcessError as error:
+            raise RuntimeError(f"{error}:\n{self.log_tail()}") from None
 
     async def metrics(self) -> str:
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            response = await client.get(f"http://127.0.0.1:{self.port}/metrics")
-            return response.text
+        assert self._service is not None
+        return await self._service.metrics()
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM, as an orchestrator would; SIGKILL only if it does not drain in time."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return self._service.stop_sync(timeout_s).code if self._service else None
 
 
 async def watch(

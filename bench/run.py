@@ -30,9 +30,17 @@ import orjson
 import psutil
 from rich.console import Console
 
-from bench import e2e, limits, mqtt, stages
-from bench.context import FULL, QUICK, Bench, Plan
-from bench.data import make_dataset
+from bench.harness.context import FULL, QUICK, Bench, Plan
+from bench.harness.data import make_dataset
+from bench.harness.plot import plot
+from bench.harness.report import (
+    Results,
+    evaluate_targets,
+    latency_table,
+    targets_table,
+    throughput_table,
+    to_markdown,
+)
 from bench.infra import (
     DATABASE_URL,
     KAFKA,
@@ -43,19 +51,8 @@ from bench.infra import (
     Names,
     Offsets,
     connect_db,
-    delete_groups,
-    delete_topics,
-    drop_schemas,
 )
-from bench.plot import plot
-from bench.report import (
-    Results,
-    evaluate_targets,
-    latency_table,
-    targets_table,
-    throughput_table,
-    to_markdown,
-)
+from bench.steps import e2e, limits, stages
 from libs.common.logs import configure_logging
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -217,20 +214,12 @@ async def run(
         # Clean-up runs whatever the budget: it keeps the shared servers tidy for others.
         bench.say("[bold]clean-up: topics, schemas, consumer groups, MQTT sessions[/bold]")
         try:
-            await cleanup(bench)
+            await bench.cleanup()
         except Exception as error:  # reported; the results are still written
             results.errors.append(f"clean-up: {error!r}")
     results.targets = evaluate_targets(results)
     meta["duration_s"] = round(time.monotonic() - started, 1)
     return results
-
-
-async def cleanup(bench: Bench) -> None:
-    await delete_topics(bench.topics)
-    await drop_schemas(bench.schemas)
-    await asyncio.to_thread(delete_groups, bench.groups)
-    for client_id in bench.mqtt_sessions:
-        await asyncio.to_thread(mqtt.close_session, client_id)
 
 
 def write(results: Results, out_dir: Path, console: Console) -> list[Path]:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -16,9 +14,10 @@ import pytest
 
 from libs.common.db import connect, migrate
 from libs.common.kafka import ensure_topics
-from libs.common.settings import DEFAULT_DATABASE_URL, PipelineSettings
+from libs.common.settings import DEFAULT_DATABASE_URL
+from tools.names import Names
+from tools.processes import free_port as any_free_port
 
-S = TypeVar("S", bound=PipelineSettings)
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 MQTT_HOST, MQTT_PORT = "127.0.0.1", int(os.environ.get("MQTT_PORT", "1883"))
 DATABASE_URL = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
@@ -52,51 +51,6 @@ def stack() -> None:
         )
 
 
-@dataclass(frozen=True)
-class Names:
-    """Topic, group and schema names private to one test, so tests run in any order."""
-
-    suffix: str
-
-    @property
-    def raw(self) -> str:
-        return f"t-{self.suffix}-sensor-data"
-
-    @property
-    def validated(self) -> str:
-        return f"t-{self.suffix}-sensor-data-validated"
-
-    @property
-    def enriched(self) -> str:
-        return f"t-{self.suffix}-sensor-data-enriched"
-
-    @property
-    def dlq(self) -> str:
-        return f"t-{self.suffix}-sensor-data-errors"
-
-    @property
-    def schema(self) -> str:
-        return f"t_{self.suffix}"
-
-    def env(self) -> dict[str, str]:
-        """The environment that points a service at these names."""
-        return {
-            "TOPIC_RAW": self.raw,
-            "TOPIC_VALIDATED": self.validated,
-            "TOPIC_ENRICHED": self.enriched,
-            "TOPIC_DLQ": self.dlq,
-            "DATABASE_SCHEMA": self.schema,
-        }
-
-    def settings(self, **overrides: Any) -> PipelineSettings:
-        return self.settings_of(PipelineSettings, **overrides)
-
-    def settings_of(self, cls: type[S], **overrides: Any) -> S:
-        """Settings of class `cls` that point at these names (plus `overrides`)."""
-        values: dict[str, Any] = {k.lower(): v for k, v in self.env().items()} | overrides
-        return cls(**values)
-
-
 @pytest.fixture
 def names() -> Names:
     return Names(uuid.uuid4().hex[:12])
@@ -115,10 +69,10 @@ async def schema(stack: None, names: Names) -> AsyncIterator[str]:
     settings = names.settings()
     conn = await connect(settings)
     try:
-        await migrate(conn, names.schema)
-        yield names.schema
+        await migrate(conn, names.schema())
+        yield names.schema()
     finally:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{names.schema}" CASCADE')
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{names.schema()}" CASCADE')
         await conn.close()
 
 
@@ -137,8 +91,5 @@ async def db(schema: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
-def free_port() -> Iterator[int]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    yield port
+def free_port() -> int:
+    return any_free_port()

@@ -26,6 +26,11 @@ DATASOURCES_FILE = GRAFANA_DIR / "provisioning" / "datasources" / "datasources.y
 PROMETHEUS_UID = "prometheus"
 TIMESCALEDB_UID = "timescaledb"
 
+# How a panel, target or variable names its data source so that the dashboard can be imported
+# into any Grafana: `${name}` of a datasource variable of the dashboard, whose default (its
+# `current` value) is the uid provisioned by provisioning/datasources/datasources.yml.
+DATASOURCE_REFERENCE = re.compile(r"\$\{(\w+)\}")
+
 # What a variable expands to in Grafana's SQL data sources: a multi-value (or "All") variable as
 # a comma-separated list of quoted literals, a single-value one as its text.
 VariableValue = str | Sequence[str]
@@ -67,12 +72,32 @@ def variables(dashboard: Mapping[str, Any]) -> list[dict[str, Any]]:
     return variables_
 
 
+def datasource_variables(dashboard: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The dashboard's variables of type datasource, by name."""
+    return {v["name"]: v for v in variables(dashboard) if v.get("type") == "datasource"}
+
+
+def datasource_references(node: Any, where: str = "") -> Iterator[tuple[str, Any]]:
+    """Every `datasource` value anywhere in a dashboard's JSON, with the path to it."""
+    if isinstance(node, dict):
+        if "datasource" in node:
+            yield where, node["datasource"]
+        for key, value in node.items():
+            yield from datasource_references(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from datasource_references(value, f"{where}/{index}")
+
+
 def queries(datasource_uid: str) -> list[Query]:
-    """Every query of every dashboard that runs on `datasource_uid`, variables' included."""
+    """Every query of every dashboard that runs on `datasource_uid` (with the datasource variables
+    at their defaults), variables' included."""
     found: list[Query] = []
     for name, dashboard in dashboards().items():
+        sources = datasource_variables(dashboard)
         for variable in variables(dashboard):
-            if variable.get("type") == "query" and _uid(variable) == datasource_uid:
+            runs_on = _default_uid(variable, sources)
+            if variable.get("type") == "query" and runs_on == datasource_uid:
                 found.append(
                     Query(
                         name,
@@ -83,7 +108,7 @@ def queries(datasource_uid: str) -> list[Query]:
                 )
         for panel in panels(dashboard):
             for target in panel.get("targets", []):
-                uid = _uid(target) or _uid(panel)
+                uid = _default_uid(target, sources) or _default_uid(panel, sources)
                 if uid == datasource_uid:
                     text = target.get("rawSql") or target.get("expr") or ""
                     found.append(Query(name, f"{panel['title']} [{target['refId']}]", uid, text))
@@ -97,12 +122,21 @@ def variable_query(variable: Mapping[str, Any]) -> str:
     return text
 
 
-def _uid(element: Mapping[str, Any]) -> str | None:
+def _default_uid(
+    element: Mapping[str, Any], sources: Mapping[str, Mapping[str, Any]]
+) -> str | None:
+    """The uid `element` runs on: a `${name}` reference resolved to the variable's default."""
     source = element.get("datasource")
-    if isinstance(source, dict):
-        uid = source.get("uid")
-        return uid if isinstance(uid, str) else None
-    return None
+    if not isinstance(source, dict):
+        return None
+    uid = source.get("uid")
+    if not isinstance(uid, str):
+        return None
+    reference = DATASOURCE_REFERENCE.fullmatch(uid)
+    if reference and reference.group(1) in sources:
+        default = sources[reference.group(1)].get("current", {}).get("value")
+        return default if isinstance(default, str) else None
+    return uid
 
 
 # --- SQL (Grafana's PostgreSQL data source) -----------------------------------------------------

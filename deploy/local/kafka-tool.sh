@@ -20,16 +20,16 @@
 # Heap: KAFKA_TOOL_HEAP_OPTS (default -Xmx512m). Tool logging: warnings to stderr.
 set -euo pipefail
 
-script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-root=$(cd "$script_dir/../.." && pwd)
-libs="$root/.stack/kafka/libs"
+# shellcheck source=deploy/local/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then
-  sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  # the comment at the top of this file
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
   exit 2
 fi
-if [[ ! -f "$libs/.complete" ]]; then
-  echo "kafka-tool.sh: no Kafka jars in $libs: run 'make up' first" >&2
+if [[ ! -f "$KAFKA_LIBS/.complete" ]]; then
+  echo "kafka-tool.sh: no Kafka jars in $KAFKA_LIBS: run 'make up' first" >&2
   exit 2
 fi
 
@@ -48,7 +48,5 @@ case "$main" in
   storage) main=kafka.tools.StorageTool ;;
 esac
 
-# shellcheck disable=SC2086  # heap options are a word list on purpose
-exec java ${KAFKA_TOOL_HEAP_OPTS:--Xmx512m} -Djava.awt.headless=true \
-  -Dlog4j2.configurationFile="$script_dir/kafka/tools-log4j2.properties" \
-  -cp "$libs/*" "$main" "$@"
+kafka_java_cmd "${KAFKA_TOOL_HEAP_OPTS:--Xmx512m}" tools-log4j2.properties
+exec "${KAFKA_JAVA[@]}" "$main" "$@"

@@ -5,94 +5,83 @@
 #
 #   bash deploy/local/stack.sh up|down|status      (make up / make down / make status)
 #
-# Everything it makes (jars, builds, data, logs, pid files, rendered configs) lives in
-# <repo>/.stack/, which git ignores; servers listen on 127.0.0.1 only.
-# Settings (environment, with defaults):
+# `up` first runs the cached installs of install.sh, then starts and waits for each server;
+# this file only supervises them. Everything it makes (jars, builds, data, logs, pid files,
+# rendered configs) lives in <repo>/.stack/, which git ignores; servers listen on 127.0.0.1
+# only. Settings (environment, with defaults):
 #   KAFKA_PORT=9092  KAFKA_CONTROLLER_PORT=9093  MQTT_PORT=1883  PG_PORT=5432  PG_MAJOR=15
 #   KAFKA_HEAP_OPTS="-Xmx512m -Xms256m"  STACK_START_TIMEOUT=120 (seconds, per server)
 #   STACK_DIR=<repo>/.stack (the servers' state; downloads and builds stay in .stack/)
 # See deploy/local/README.md.
 set -Eeuo pipefail
 
-SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
-# Downloads and builds (jars, Maven repository, TimescaleDB source) are cached in .stack/ and
-# shared; the servers' state (configs, data, logs, pids) lives in STACK_DIR, .stack/ unless
-# set: a second stack on other ports (the fault tests run one) keeps its own state.
-CACHE="$ROOT/.stack"
-STACK=${STACK_DIR:-$CACHE}
-LOGS="$STACK/logs"
-RUN="$STACK/run"
-
-KAFKA_PORT=${KAFKA_PORT:-9092}
-KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
-MQTT_PORT=${MQTT_PORT:-1883}
-PG_PORT=${PG_PORT:-5432}
-PG_MAJOR=${PG_MAJOR:-15}
-KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xmx512m -Xms256m}
-START_TIMEOUT=${STACK_START_TIMEOUT:-120}
-STOP_TIMEOUT=${STACK_STOP_TIMEOUT:-30}
-
-# The application's database: local throwaway credentials, the defaults of DATABASE_URL.
-DB_NAME=sensors
-DB_USER=sensors
-DB_PASSWORD=sensors
-
-KAFKA_DIR="$STACK/kafka"
-KAFKA_LIBS="$CACHE/kafka/libs"
-KAFKA_CONF="$KAFKA_DIR/server.properties"
-KAFKA_DATA="$KAFKA_DIR/data"
-KAFKA_PID="$RUN/kafka.pid"
-
-MQTT_DIR="$STACK/mosquitto"
-MQTT_CONF="$MQTT_DIR/mosquitto.conf"
-MQTT_PID="$RUN/mosquitto.pid"
-
-PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
-PG_PID="$RUN/postgres.pid"
-# PG_BASE (data dir, socket dir) is .stack/pg unless the OS user `postgres` cannot reach it:
-# see pg_base().
-
-SUDO=()
-if [[ $EUID -ne 0 ]]; then SUDO=(sudo); fi
-export DEBIAN_FRONTEND=noninteractive
-
-# ---------------------------------------------------------------- output and failure
-STEP="starting"
-STEP_LOG=""
-
-say() { printf '==> %s\n' "$*"; }
-note() { printf '    %s\n' "$*"; }
-
-# step NAME [LOG]: announce a step; a failure from here on names it and its log.
-step() {
-  STEP=$1
-  STEP_LOG=${2:-}
-  say "$STEP"
-}
-
-die() {
-  {
-    echo "stack.sh: FAILED at step: $STEP"
-    [[ $# -gt 0 ]] && echo "stack.sh: $*"
-    if [[ -n $STEP_LOG ]]; then
-      echo "stack.sh: read the log: $STEP_LOG"
-      if [[ -f $STEP_LOG ]]; then
-        echo "---- last lines of $STEP_LOG ----"
-        tail -n 15 "$STEP_LOG" || true
-        echo "----"
-      fi
-    fi
-  } >&2
-  exit 1
-}
-
-on_error() {
-  local rc=$1 cmd=$2
-  trap - ERR
-  die "command failed (exit $rc): $cmd"
-}
+# shellcheck source=deploy/local/install.sh
+. "$(dirname "${BASH_SOURCE[0]}")/install.sh"
 trap 'on_error $? "$BASH_COMMAND"' ERR
+
+# ---------------------------------------------------------------- the servers
+# One row per server; up, down and status go over them in this order, except that up waits
+# for the first (Kafka) last: its JVM starts while the others come up. Each NAME has
+# NAME_start (render its config, launch it in the background, write RUN/NAME.pid),
+# NAME_wait (until it answers), NAME_conf_port (the port its rendered config says) and a
+# line in server_marker. The stop signals are sent in turn, STOP_TIMEOUT seconds apart,
+# then SIGKILL: SIGINT is PostgreSQL's "fast" shutdown (SIGTERM would wait for every client
+# to leave), SIGQUIT its "immediate" one; its backends end with the postmaster.
+SERVERS=()
+declare -A LABEL PORT_VAR STOP_SIGNALS STOP_HOW
+read_servers() {
+  local name label port_var signals how
+  while read -r name label port_var signals how; do
+    SERVERS+=("$name")
+    LABEL[$name]=$label
+    PORT_VAR[$name]=$port_var
+    STOP_SIGNALS[$name]=${signals//,/ }
+    STOP_HOW[$name]=$how
+  done
+}
+# name     label       port var    stop signals  what the first signal does
+read_servers <<'EOF'
+kafka      Kafka       KAFKA_PORT  TERM          SIGTERM: controlled shutdown
+mosquitto  Mosquitto   MQTT_PORT   TERM          SIGTERM
+postgres   PostgreSQL  PG_PORT     INT,QUIT      SIGINT: fast shutdown
+EOF
+
+# server_marker NAME: what the server's command line contains, so that a recycled pid is
+# never taken for ours.
+server_marker() {
+  case $1 in
+    kafka) echo "$KAFKA_CONF" ;;
+    mosquitto) echo "$MQTT_CONF" ;;
+    postgres) echo "$(pg_base)/data" ;;
+  esac
+}
+
+server_pid() { pid_of "$RUN/$1.pid" "$(server_marker "$1")"; } # NAME: its pid if it runs
+
+# server_start NAME: starts the server unless it runs already (on the port asked for).
+server_start() {
+  local name=$1 pid var=${PORT_VAR[$1]}
+  if pid=$(server_pid "$name"); then
+    already_running "${LABEL[$name]}" "$pid" "$("${name}_conf_port")" "${!var}" "$var"
+    return 0
+  fi
+  rm -f "$RUN/$name.pid"
+  "${name}_start"
+}
+
+# server_stop NAME: stops the server if it runs; returns 1 if it was not running.
+server_stop() {
+  local name=$1 pid was_running=1
+  STEP="stopping ${LABEL[$name]}"
+  if pid=$(server_pid "$name"); then
+    say "${LABEL[$name]}: stopping pid $pid (${STOP_HOW[$name]})"
+    # shellcheck disable=SC2086  # the signals are a word list
+    stop_pid "$name" "$pid" ${STOP_SIGNALS[$name]}
+    was_running=0
+  fi
+  rm -f "$RUN/$name.pid"
+  return "$was_running"
+}
 
 # ---------------------------------------------------------------- helpers
 port_open() { # port: something accepts TCP connections on 127.0.0.1:port
@@ -116,11 +105,6 @@ pid_of() {
   [[ $cmdline == *"$marker"* ]] || return 1
   echo "$pid"
 }
-
-# The ports a running server was started with, read back from its rendered config.
-kafka_conf_port() { sed -n 's|^advertised.listeners=PLAINTEXT://127.0.0.1:\([0-9]*\).*|\1|p' "$KAFKA_CONF" 2>/dev/null; }
-mqtt_conf_port() { sed -n 's|^listener \([0-9]*\) .*|\1|p' "$MQTT_CONF" 2>/dev/null; }
-pg_conf_port() { sed -n 's|^port = \([0-9]*\)|\1|p' "$(pg_base)/data/stack.conf" 2>/dev/null; }
 
 # already_running NAME PID RUNNING_PORT WANTED_PORT VAR: fails when a running server listens
 # on another port than the one asked for now.
@@ -149,88 +133,13 @@ stop_pid() {
   return 0
 }
 
-apt_missing() { # prints those of the given packages that are not installed
-  local p
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || echo "$p"
-  done
-}
-
-apt_install() { # installs the missing ones of the given Debian packages
-  local missing
-  mapfile -t missing < <(apt_missing "$@")
-  [[ ${#missing[@]} -eq 0 ]] && return 0
-  step "apt: installing ${missing[*]}" "$LOGS/apt.log"
-  if ! "${SUDO[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >>"$LOGS/apt.log" 2>&1; then
-    note "install failed; refreshing the package lists (apt-get update) and trying again"
-    "${SUDO[@]}" apt-get update >>"$LOGS/apt.log" 2>&1
-    "${SUDO[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >>"$LOGS/apt.log" 2>&1
-  fi
-}
-
-os_codename() {
-  # shellcheck disable=SC1091
-  (. /etc/os-release && echo "${VERSION_CODENAME:-unknown}")
-}
-
-# debian_mirror CODENAME: the Debian archive URI that this machine's apt sources use for
-# CODENAME (a proxy or mirror if the machine has one); deb.debian.org if none is found.
-debian_mirror() {
-  local codename=$1 f uri=""
-  if [[ -n ${DEBIAN_MIRROR:-} ]]; then echo "$DEBIAN_MIRROR"; return; fi
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [[ -f $f ]] || continue
-    uri=$(awk -v c="$codename" '
-      BEGIN { RS = ""; FS = "\n" }
-      {
-        u = ""; s = 0; on = 1
-        for (i = 1; i <= NF; i++) {
-          if ($i ~ /^URIs:/) { sub(/^URIs:[ \t]*/, "", $i); split($i, a, /[ \t]+/); u = a[1] }
-          if ($i ~ /^Suites:/) { n = split($i, b, /[ \t]+/); for (j = 2; j <= n; j++) if (b[j] == c) s = 1 }
-          if ($i ~ /^Enabled:[ \t]*no/) on = 0
-        }
-        if (s && on && u ~ /^https?:\/\//) { print u; exit }
-      }' "$f")
-    [[ -n $uri ]] && { echo "${uri%/}"; return; }
-  done
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [[ -f $f ]] || continue
-    uri=$(awk -v c="$codename" '
-      $1 == "deb" || $1 == "deb-src" {
-        i = 2
-        if ($2 ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
-        if ($(i + 1) == c && $i ~ /^https?:\/\//) { print $i; exit }
-      }' "$f")
-    [[ -n $uri ]] && { echo "${uri%/}"; return; }
-  done
-  echo "http://deb.debian.org/debian"
-}
-
 # ---------------------------------------------------------------- Kafka
-kafka_install() {
-  if [[ -f "$KAFKA_LIBS/.complete" ]] && cmp -s "$KAFKA_LIBS/.complete" "$SCRIPT_DIR/kafka/pom.xml"; then
-    note "Kafka jars: cached in .stack/kafka/libs"
-    return 0
-  fi
-  if ! command -v java >/dev/null; then apt_install default-jre-headless; fi
-  if ! command -v mvn >/dev/null; then apt_install maven; fi
-  local v
-  v=$(java -version 2>&1 | awk -F'"' '/version/ { split($2, a, "."); print a[1]; exit }')
-  [[ ${v:-0} -ge 17 ]] || die "Kafka 4 needs Java 17 or newer; 'java' is version ${v:-unknown}"
-
-  step "Kafka: resolving the broker and tool jars from Maven Central (first time: ~60 MB)" \
-    "$LOGS/kafka-maven.log"
-  rm -rf "$KAFKA_LIBS"
-  mkdir -p "$KAFKA_LIBS"
-  mvn -B -q -f "$SCRIPT_DIR/kafka/pom.xml" -Dmaven.repo.local="$CACHE/m2" \
-    dependency:copy-dependencies -DoutputDirectory="$KAFKA_LIBS" >"$LOGS/kafka-maven.log" 2>&1
-  ls "$KAFKA_LIBS"/kafka_2.13-*.jar >/dev/null 2>&1 || die "no kafka_2.13 jar was resolved"
-  cp "$SCRIPT_DIR/kafka/pom.xml" "$KAFKA_LIBS/.complete"
-  note "Kafka jars: $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) in .stack/kafka/libs"
-}
+# The port a running server was started with, read back from its rendered config (as for
+# the others below).
+kafka_conf_port() { sed -n 's|^advertised.listeners=PLAINTEXT://127.0.0.1:\([0-9]*\).*|\1|p' "$KAFKA_CONF" 2>/dev/null; }
 
 kafka_render_config() {
-  cat >"$KAFKA_CONF" <<EOF
+  cat >"$KAFKA_CONF" <<EOC
 # Rendered by deploy/local/stack.sh on every 'up'; edits here are overwritten.
 process.roles=broker,controller
 node.id=1
@@ -253,29 +162,18 @@ group.initial.rebalance.delay.ms=0
 # Topics are created by the project's own command, never implicitly.
 auto.create.topics.enable=false
 log.retention.hours=168
-EOF
-}
-
-kafka_java() { # runs a class from the jars, quietly (tool logging to stderr)
-  java -Xmx256m -Djava.awt.headless=true \
-    -Dlog4j2.configurationFile="$SCRIPT_DIR/kafka/tools-log4j2.properties" \
-    -cp "$KAFKA_LIBS/*" "$@"
+EOC
 }
 
 kafka_start() {
-  local pid
-  if pid=$(pid_of "$KAFKA_PID" "$KAFKA_CONF"); then
-    already_running Kafka "$pid" "$(kafka_conf_port)" "$KAFKA_PORT" KAFKA_PORT
-    return 0
-  fi
-  rm -f "$KAFKA_PID"
   mkdir -p "$KAFKA_DATA"
   kafka_render_config
   if [[ ! -f "$KAFKA_DATA/meta.properties" ]]; then
     step "Kafka: formatting the KRaft storage (once)" "$LOGS/kafka-format.log"
+    kafka_java_cmd -Xmx256m tools-log4j2.properties
     [[ -f "$KAFKA_DIR/cluster.id" ]] ||
-      kafka_java kafka.tools.StorageTool random-uuid 2>>"$LOGS/kafka-format.log" >"$KAFKA_DIR/cluster.id"
-    kafka_java kafka.tools.StorageTool format --config "$KAFKA_CONF" \
+      "${KAFKA_JAVA[@]}" kafka.tools.StorageTool random-uuid 2>>"$LOGS/kafka-format.log" >"$KAFKA_DIR/cluster.id"
+    "${KAFKA_JAVA[@]}" kafka.tools.StorageTool format --config "$KAFKA_CONF" \
       --cluster-id "$(cat "$KAFKA_DIR/cluster.id")" --ignore-formatted >>"$LOGS/kafka-format.log" 2>&1
   fi
   step "Kafka: starting the broker on 127.0.0.1:$KAFKA_PORT (controller :$KAFKA_CONTROLLER_PORT)" \
@@ -284,29 +182,26 @@ kafka_start() {
   for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
     port_open "$p" && port_taken "$p" "KAFKA_PORT / KAFKA_CONTROLLER_PORT"
   done
-  # shellcheck disable=SC2086  # heap options are a word list on purpose
-  setsid java $KAFKA_HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError \
-    -Djava.awt.headless=true -Dkafka.logs.dir="$LOGS" \
-    -Dlog4j2.configurationFile="$SCRIPT_DIR/kafka/log4j2.properties" \
-    -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_CONF" \
+  kafka_java_cmd "$KAFKA_HEAP_OPTS" log4j2.properties
+  setsid "${KAFKA_JAVA[@]}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError \
+    -Dkafka.logs.dir="$LOGS" kafka.Kafka "$KAFKA_CONF" \
     >"$LOGS/kafka.stdout.log" 2>&1 </dev/null 9>&- &
-  echo $! >"$KAFKA_PID"
+  echo $! >"$RUN/kafka.pid"
   note "Kafka: pid $!; log .stack/logs/kafka.log (JVM output: .stack/logs/kafka.stdout.log)"
 }
 
 kafka_wait() {
   step "Kafka: waiting until the broker answers an ApiVersions request" "$LOGS/kafka.log"
-  local deadline=$((SECONDS + START_TIMEOUT))
+  kafka_java_cmd -Xmx128m tools-log4j2.properties
+  local deadline=$((SECONDS + START_TIMEOUT)) out
   while ((SECONDS < deadline)); do
-    if ! pid_of "$KAFKA_PID" "$KAFKA_CONF" >/dev/null; then
+    if ! server_pid kafka >/dev/null; then
       # a JVM that could not start says why on its own output, not in kafka.log
       [[ -s "$LOGS/kafka.stdout.log" ]] && STEP_LOG="$LOGS/kafka.stdout.log"
       die "the Kafka process exited (logs: .stack/logs/kafka.log, .stack/logs/kafka.stdout.log)"
     fi
     if port_open "$KAFKA_PORT" &&
-      out=$(timeout 30 java -Xmx128m -Djava.awt.headless=true \
-        -Dlog4j2.configurationFile="$SCRIPT_DIR/kafka/tools-log4j2.properties" \
-        -cp "$KAFKA_LIBS/*" org.apache.kafka.tools.BrokerApiVersionsCommand \
+      out=$(timeout 30 "${KAFKA_JAVA[@]}" org.apache.kafka.tools.BrokerApiVersionsCommand \
         --bootstrap-server "127.0.0.1:$KAFKA_PORT" 2>/dev/null) && [[ $out == *"Produce("* ]]; then
       note "Kafka: ready"
       return 0
@@ -317,23 +212,39 @@ kafka_wait() {
 }
 
 # ---------------------------------------------------------------- Mosquitto
-mosquitto_bin() { command -v mosquitto 2>/dev/null || echo /usr/sbin/mosquitto; }
+mosquitto_conf_port() { sed -n 's|^listener \([0-9]*\) .*|\1|p' "$MQTT_CONF" 2>/dev/null; }
 
-mosquitto_install() {
-  if [[ -x "$(mosquitto_bin)" ]] && command -v mosquitto_sub >/dev/null; then
-    note "Mosquitto: $("$(mosquitto_bin)" -h 2>/dev/null | head -n 1 || true)"
-    return 0
-  fi
-  apt_install mosquitto mosquitto-clients
+# mosquitto_render_config USER_LINE: MQTT_CONF from the shared config (MQTT_SHARED_CONF, the
+# one docker-compose.yml mounts), with only what a local process needs otherwise: the
+# listener on 127.0.0.1:MQTT_PORT, persistence and log under STACK_DIR, and the user to run
+# as. Fails if the shared file has not exactly one of each line it replaces.
+mosquitto_render_config() {
+  local user_line=$1
+  {
+    echo "# Rendered by deploy/local/stack.sh on every 'up' from deploy/mosquitto/mosquitto.conf;"
+    echo "# edits here are overwritten."
+    [[ -n $user_line ]] && echo "$user_line"
+    awk -v listener_line="listener $MQTT_PORT 127.0.0.1" \
+      -v persistence_line="persistence_location $MQTT_DIR/data/" \
+      -v log_line="log_dest file $LOGS/mosquitto.log" '
+      $1 == "listener" { print listener_line; n[$1]++; next }
+      $1 == "persistence_location" { print persistence_line; n[$1]++; next }
+      $1 == "log_dest" { print log_line; n[$1]++; next }
+      { print }
+      END {
+        if (n["listener"] != 1 || n["persistence_location"] != 1 || n["log_dest"] != 1) {
+          print "expected one listener, persistence_location and log_dest line each" >"/dev/stderr"
+          exit 3
+        }
+      }' "$MQTT_SHARED_CONF"
+  } >"$MQTT_CONF.tmp" || {
+    rm -f "$MQTT_CONF.tmp"
+    die "cannot render $MQTT_CONF from $MQTT_SHARED_CONF"
+  }
+  mv "$MQTT_CONF.tmp" "$MQTT_CONF"
 }
 
 mosquitto_start() {
-  local pid
-  if pid=$(pid_of "$MQTT_PID" "$MQTT_CONF"); then
-    already_running Mosquitto "$pid" "$(mqtt_conf_port)" "$MQTT_PORT" MQTT_PORT
-    return 0
-  fi
-  rm -f "$MQTT_PID"
   step "Mosquitto: starting on 127.0.0.1:$MQTT_PORT" "$LOGS/mosquitto.log"
   port_open "$MQTT_PORT" && port_taken "$MQTT_PORT" "MQTT_PORT (a system mosquitto service?)"
   mkdir -p "$MQTT_DIR/data"
@@ -353,29 +264,10 @@ mosquitto_start() {
     fi
     user_line="user $run_as"
   fi
-  cat >"$MQTT_CONF" <<EOF
-# Rendered by deploy/local/stack.sh on every 'up'; edits here are overwritten.
-${user_line}
-per_listener_settings false
-listener $MQTT_PORT 127.0.0.1
-protocol mqtt
-allow_anonymous true
-# QoS 1 messages of persistent sessions survive a broker restart.
-persistence true
-persistence_location $MQTT_DIR/data/
-autosave_interval 30
-max_queued_messages 100000
-log_dest file $LOGS/mosquitto.log
-log_type error
-log_type warning
-log_type notice
-log_type information
-log_timestamp_format %Y-%m-%dT%H:%M:%S
-connection_messages true
-EOF
+  mosquitto_render_config "$user_line"
   # Backgrounded rather than -d (daemon), so that its pid is known whoever it runs as.
   setsid "$(mosquitto_bin)" -c "$MQTT_CONF" >>"$LOGS/mosquitto.log" 2>&1 </dev/null 9>&- &
-  echo $! >"$MQTT_PID"
+  echo $! >"$RUN/mosquitto.pid"
   note "Mosquitto: pid $!${run_as:+, as user $run_as}; log .stack/logs/mosquitto.log"
 }
 
@@ -383,7 +275,7 @@ mosquitto_wait() {
   step "Mosquitto: waiting until it answers MQTT v5" "$LOGS/mosquitto.log"
   local deadline=$((SECONDS + START_TIMEOUT))
   while ((SECONDS < deadline)); do
-    pid_of "$MQTT_PID" "$MQTT_CONF" >/dev/null || die "the mosquitto process exited"
+    server_pid mosquitto >/dev/null || die "the mosquitto process exited"
     # shellcheck disable=SC2016  # $SYS is an MQTT topic, not a variable
     if port_open "$MQTT_PORT" &&
       timeout 10 mosquitto_sub -h 127.0.0.1 -p "$MQTT_PORT" -V mqttv5 -i "stack-sh-probe-$$" \
@@ -421,84 +313,7 @@ pg_base() {
   fi
 }
 
-pg_sharedir() {
-  if [[ -x "$PG_BIN/pg_config" ]]; then "$PG_BIN/pg_config" --sharedir; else echo "/usr/share/postgresql/$PG_MAJOR"; fi
-}
-
-timescaledb_installed() { [[ -f "$(pg_sharedir)/extension/timescaledb.control" ]]; }
-
-postgres_install() {
-  if [[ ! -x "$PG_BIN/postgres" ]]; then
-    if ! apt-cache show "postgresql-$PG_MAJOR" >/dev/null 2>&1; then
-      "${SUDO[@]}" apt-get update >>"$LOGS/apt.log" 2>&1 || true
-    fi
-    apt-cache show "postgresql-$PG_MAJOR" >/dev/null 2>&1 ||
-      die "Debian $(os_codename) has no package postgresql-$PG_MAJOR; set PG_MAJOR to one it has"
-    apt_install "postgresql-$PG_MAJOR"
-  fi
-  note "PostgreSQL: $("$PG_BIN/postgres" --version)"
-  if timescaledb_installed; then
-    note "TimescaleDB: installed ($(sed -n "s/^default_version = '\(.*\)'/\1/p" \
-      "$(pg_sharedir)/extension/timescaledb.control"))"
-    return 0
-  fi
-  local codename
-  codename=$(os_codename)
-  if [[ $codename != bookworm ]]; then
-    # Debian 13 and later package TimescaleDB (for their own PostgreSQL versions).
-    if apt-cache show "postgresql-$PG_MAJOR-timescaledb" >/dev/null 2>&1; then
-      apt_install "postgresql-$PG_MAJOR-timescaledb"
-      timescaledb_installed && return 0
-    fi
-    note "Debian $codename has no postgresql-$PG_MAJOR-timescaledb package: building it"
-  fi
-  timescaledb_build
-  timescaledb_installed || die "TimescaleDB was built but its control file is not in $(pg_sharedir)/extension"
-}
-
-# Builds TimescaleDB from Debian trixie's source package, fetched through a private apt
-# configuration under .stack/apt (the machine's /etc/apt is only read, never changed).
-timescaledb_build() {
-  local blog="$LOGS/timescaledb-build.log"
-  apt_install cmake gcc make dpkg-dev xz-utils libssl-dev "postgresql-server-dev-$PG_MAJOR"
-
-  local apt_dir="$CACHE/apt" mirror keyring=/usr/share/keyrings/debian-archive-keyring.gpg opts=""
-  mirror=$(debian_mirror "$(os_codename)")
-  mkdir -p "$apt_dir/sources.list.d" "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$CACHE/build"
-  if [[ -f $keyring ]]; then opts="[signed-by=$keyring] "; fi
-  echo "deb-src ${opts}$mirror trixie main" >"$apt_dir/sources.list"
-  local apt_priv=(-o "Dir::Etc::sourcelist=$apt_dir/sources.list"
-    -o "Dir::Etc::sourceparts=$apt_dir/sources.list.d"
-    -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache")
-
-  if ! compgen -G "$apt_dir/lists/*_Sources*" >/dev/null; then
-    step "TimescaleDB: reading Debian trixie's source index from $mirror (private apt config)" "$blog"
-    apt-get "${apt_priv[@]}" update >>"$blog" 2>&1
-  fi
-  local src
-  src=$(find "$CACHE/build" -maxdepth 2 -path '*/timescaledb-*/CMakeLists.txt' -printf '%h\n' | sort | tail -n 1)
-  if [[ -z $src ]]; then
-    step "TimescaleDB: fetching the trixie source package (apt-get source timescaledb)" "$blog"
-    (cd "$CACHE/build" && apt-get "${apt_priv[@]}" source timescaledb) >>"$blog" 2>&1
-    src=$(find "$CACHE/build" -maxdepth 2 -path '*/timescaledb-*/CMakeLists.txt' -printf '%h\n' | sort | tail -n 1)
-    [[ -n $src ]] || die "apt-get source timescaledb gave no source tree in $CACHE/build"
-  fi
-  local version
-  version=$(sed -n 's/^version = //p' "$src/version.config")
-  # Debian's +dfsg source has no tsl/ folder (Timescale License code is not free software
-  # by Debian's rules), so this is the Apache-2 edition, as Debian's own package is.
-  local apache_only=OFF
-  [[ -d "$src/tsl" ]] || apache_only=ON
-  step "TimescaleDB $version: configuring (cmake, APACHE_ONLY=$apache_only, PostgreSQL $PG_MAJOR)" "$blog"
-  (cd "$src" && BUILD_DIR=build BUILD_FORCE_REMOVE=true ./bootstrap \
-    -DCMAKE_BUILD_TYPE=Release -DPG_CONFIG="$PG_BIN/pg_config" -DAPACHE_ONLY="$apache_only" \
-    -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF -DWARNINGS_AS_ERRORS=OFF \
-    -DSEND_TELEMETRY_DEFAULT=OFF) >>"$blog" 2>&1
-  step "TimescaleDB $version: compiling (make -j$(nproc))" "$blog"
-  make -C "$src/build" -j"$(nproc)" >>"$blog" 2>&1
-  step "TimescaleDB $version: installing into PostgreSQL $PG_MAJOR's directories (make install)" "$blog"
-  "${SUDO[@]}" make -C "$src/build" install >>"$blog" 2>&1
-}
+postgres_conf_port() { sed -n 's|^port = \([0-9]*\)|\1|p' "$(pg_base)/data/stack.conf" 2>/dev/null; }
 
 pg_render_config() {
   local base=$1
@@ -526,14 +341,8 @@ EOF
 }
 
 postgres_start() {
-  local base pid
+  local base user
   base=$(pg_base)
-  if pid=$(pid_of "$PG_PID" "$base/data"); then
-    already_running PostgreSQL "$pid" "$(pg_conf_port)" "$PG_PORT" PG_PORT
-    return 0
-  fi
-  rm -f "$PG_PID"
-  local user
   user=$(pg_user)
   [[ $base == "$STACK/pg" ]] ||
     note "PostgreSQL: user '$user' cannot reach $STACK (a parent folder is not searchable): data in $base"
@@ -556,7 +365,7 @@ postgres_start() {
   # The log file is opened here, by the caller, so it can sit in .stack/logs either way.
   (cd / && exec setsid "${launch[@]}" "$PG_BIN/postgres" -D "$base/data") \
     >>"$LOGS/postgres.log" 2>&1 </dev/null 9>&- &
-  echo $! >"$PG_PID"
+  echo $! >"$RUN/postgres.pid"
   note "PostgreSQL: pid $!; log .stack/logs/postgres.log"
 }
 
@@ -565,12 +374,10 @@ pg_psql() { # psql as the cluster's superuser over its socket
 }
 
 postgres_wait() {
-  local base
-  base=$(pg_base)
   step "PostgreSQL: waiting until it accepts connections" "$LOGS/postgres.log"
   local deadline=$((SECONDS + START_TIMEOUT))
   while :; do
-    pid_of "$PG_PID" "$base/data" >/dev/null || die "the postgres process exited"
+    server_pid postgres >/dev/null || die "the postgres process exited"
     "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && break
     ((SECONDS < deadline)) || die "PostgreSQL did not accept connections within ${START_TIMEOUT}s"
     sleep 0.5
@@ -609,23 +416,16 @@ lock() {
 }
 
 cmd_up() {
-  local t0=$SECONDS
+  local t0=$SECONDS name
   mkdir -p "$CACHE" "$STACK" "$LOGS" "$RUN"
   chmod 0755 "$CACHE" "$STACK"
   lock
   say "Local stack in $STACK"
-  step "checking what is installed" "$LOGS/apt.log"
-  kafka_install
-  mosquitto_install
-  postgres_install
+  install_all
   # Start all three, then wait: the JVM starts while the others come up.
   step "starting the servers"
-  kafka_start
-  mosquitto_start
-  postgres_start
-  mosquitto_wait
-  postgres_wait
-  kafka_wait
+  for name in "${SERVERS[@]}"; do server_start "$name"; done
+  for name in "${SERVERS[@]:1}" "${SERVERS[0]}"; do "${name}_wait"; done
   say "Stack is up in $((SECONDS - t0))s"
   cmd_status
 }
@@ -636,58 +436,33 @@ cmd_down() {
     return 0
   fi
   lock
-  local pid any=0
-  STEP="stopping Kafka"
-  if pid=$(pid_of "$KAFKA_PID" "$KAFKA_CONF"); then
-    say "Kafka: stopping pid $pid (SIGTERM: controlled shutdown)"
-    stop_pid kafka "$pid" TERM
-    any=1
-  fi
-  rm -f "$KAFKA_PID"
-  STEP="stopping Mosquitto"
-  if pid=$(pid_of "$MQTT_PID" "$MQTT_CONF"); then
-    say "Mosquitto: stopping pid $pid (SIGTERM)"
-    stop_pid mosquitto "$pid" TERM
-    any=1
-  fi
-  rm -f "$MQTT_PID"
-  STEP="stopping PostgreSQL"
-  if pid=$(pid_of "$PG_PID" "$(pg_base)/data"); then
-    # SIGINT is PostgreSQL's "fast" shutdown (SIGTERM would wait for every client to leave);
-    # SIGQUIT is "immediate". Its backends end with the postmaster.
-    say "PostgreSQL: stopping pid $pid (SIGINT: fast shutdown)"
-    stop_pid postgres "$pid" INT QUIT
-    any=1
-  fi
-  rm -f "$PG_PID"
+  local name any=0
+  for name in "${SERVERS[@]}"; do
+    if server_stop "$name"; then any=1; fi
+  done
   if [[ $any -eq 0 ]]; then say "Nothing of the stack was running"; else say "Stack stopped"; fi
 }
 
 cmd_status() {
-  local pid
-  if pid=$(pid_of "$KAFKA_PID" "$KAFKA_CONF"); then
-    printf '%-10s running  pid %-8s 127.0.0.1:%s\n' kafka "$pid" "$(kafka_conf_port)"
-  else
-    printf '%-10s stopped\n' kafka
-  fi
-  if pid=$(pid_of "$MQTT_PID" "$MQTT_CONF"); then
-    printf '%-10s running  pid %-8s 127.0.0.1:%s\n' mosquitto "$pid" "$(mqtt_conf_port)"
-  else
-    printf '%-10s stopped\n' mosquitto
-  fi
-  if pid=$(pid_of "$PG_PID" "$(pg_base)/data"); then
-    printf '%-10s running  pid %-8s 127.0.0.1:%s\n' postgres "$pid" "$(pg_conf_port)"
-  else
-    printf '%-10s stopped\n' postgres
-  fi
+  local name pid
+  for name in "${SERVERS[@]}"; do
+    if pid=$(server_pid "$name"); then
+      printf '%-10s running  pid %-8s 127.0.0.1:%s\n' "$name" "$pid" "$("${name}_conf_port")"
+    else
+      printf '%-10s stopped\n' "$name"
+    fi
+  done
 }
 
-case "${1:-}" in
-  up) cmd_up ;;
-  down) cmd_down ;;
-  status) cmd_status ;;
-  *)
-    echo "usage: bash deploy/local/stack.sh up|down|status" >&2
-    exit 2
-    ;;
-esac
+# Sourced (the unit tests render the Mosquitto config so), it only defines.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+  case "${1:-}" in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    *)
+      echo "usage: bash deploy/local/stack.sh up|down|status" >&2
+      exit 2
+      ;;
+  esac
+fi

@@ -117,7 +117,8 @@ def build_commit() -> str:
 # its first increment hides that increment from rate() and is missing from alerts that compare
 # stages, so every series whose labels are known up front starts at zero.
 _REQUEST_OUTCOMES = {
-    "http": ("accepted", "rejected", "too_large", "unavailable"),
+    # unavailable: 503, Kafka is down; busy: 503, past the concurrency limit (Retry-After).
+    "http": ("accepted", "rejected", "too_large", "unavailable", "busy"),
     "mqtt": ("accepted", "rejected"),
 }
 

@@ -1,7 +1,7 @@
 """The one MQTT adapter of ingest: a persistent MQTT v5 session whose QoS 1 messages are
 acknowledged only when the caller says so (gmqtt underneath).
 
-gmqtt was chosen by measurement (bench/mqtt_clients.py): it receives about 0.95x what
+gmqtt was chosen by measurement (bench/steps/mqtt_clients.py): it receives about 0.95x what
 Mosquitto's own C client does on this machine, paho 0.26x, aiomqtt 0.10x.
 
 How acknowledgements work here, and why: gmqtt with `optimistic_acknowledgement=False` sends

@@ -14,7 +14,7 @@ class StoreSettings(ConsumerSettings):
     # A batch is written when it holds this many rows or its oldest waited this long. Under
     # load a batch fills from what the consumer fetched while the previous one was written, so
     # the wait only matters when store has caught up: then it is the store leg's latency
-    # (500 ms was most of the chain's p95; at saturation 50 ms stores as fast, bench.ab).
+    # (500 ms was most of the chain's p95; at saturation 50 ms stores as fast, bench.research.ab).
     batch_max_rows: int = Field(default=5000, ge=1)
     batch_max_wait_ms: int = Field(default=50, ge=0, le=10_000)
     db_pool_size: int = Field(default=4, ge=1, le=64)

@@ -2,96 +2,73 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
 
 from libs.common.db import connect, migrate
 from libs.common.kafka import ensure_topics
-from tests.conftest import Names
+from tools.names import Names
+from tools.processes import REPO_ROOT as REPO_ROOT  # re-exported: tests find files by it
+from tools.processes import ProcessError, ServiceProcess, free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
-
-@dataclass
 class Service:
-    stage: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
+    """One stage of a test's chain: the shared process helper, with failures as assertions."""
+
+    def __init__(self, stage: str, process: ServiceProcess) -> None:
+        self.stage = stage
+        self.proc = process
+
+    @property
+    def port(self) -> int:
+        assert self.proc.port is not None
+        return self.proc.port
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        assert self.proc.popen is not None
+        return self.proc.popen
+
+    @property
+    def log_path(self) -> Path:
+        return self.proc.log_path
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.proc.url
 
     def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return self.proc.log_tail(lines)
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(
-                    f"{self.stage} exited {self.process.returncode}:\n{self.log_tail()}"
-                )
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"{self.stage} not ready after {timeout_s}s:\n{self.log_tail()}")
+        try:
+            self.proc.wait_ready_sync(timeout_s)
+        except ProcessError as error:
+            raise AssertionError(f"{error}:\n{self.log_tail()}") from None
 
     def metrics(self) -> str:
-        return httpx.get(f"{self.url}/metrics", timeout=5).text
+        return self.proc.metrics_sync()
 
     def terminate(self, timeout_s: float = 30.0) -> int:
         """SIGTERM and wait: the graceful path every service must take."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                # Ask it what it is waiting on (the service logs every task's stack), then kill.
-                self.process.send_signal(signal.SIGUSR1)
-                time.sleep(1)
-                self.process.kill()
-                self.process.wait()
-                raise AssertionError(
-                    f"{self.stage} ignored SIGTERM for {timeout_s}s:\n{self.log_tail(80)}"
-                ) from None
-        return self.process.returncode
+        ended = self.proc.stop_sync(timeout_s)
+        if ended.killed:
+            raise AssertionError(
+                f"{self.stage} ignored SIGTERM for {timeout_s}s:\n{self.log_tail(80)}"
+            )
+        assert ended.code is not None, f"{self.stage} was never started"
+        return ended.code
 
 
 def start(stage: str, port: int, env: dict[str, str], log_dir: Path, name: str = "") -> Service:
-    log_path = log_dir / f"{name or stage}.log"
-    full_env = os.environ | env | {"HTTP_PORT": str(port), "LOG_LEVEL": "INFO"}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{stage}"],
-            cwd=REPO_ROOT,
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    return Service(stage, port, process, log_path)
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    found = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return found
+    process = ServiceProcess(
+        name or stage,
+        f"services.{stage}",
+        log_dir / f"{name or stage}.log",
+        env=env | {"LOG_LEVEL": "INFO"},
+        port=port,
+    )
+    return Service(stage, process.start())
 
 
 class Chain:
@@ -117,7 +94,7 @@ class Chain:
 
     def start(self, name: str, stage: str | None = None, **env: str) -> Service:
         stage = stage or self._stages.get(name, name)
-        port = self._ports.get(name) or free_ports(1)[0]
+        port = self._ports.get(name) or free_port()
         self._ports[name], self._stages[name] = port, stage
         self._starts[name] = self._starts.get(name, 0) + 1
         log_name = f"{name}.{self._starts[name]}"
@@ -133,9 +110,7 @@ class Chain:
             self.services[name].wait_ready()
 
     def kill(self, name: str) -> None:
-        service = self.services[name]
-        service.process.kill()
-        service.process.wait()
+        self.services[name].proc.kill()
 
     def stop_all(self, timeout_s: float = 30.0) -> dict[str, int]:
         return {name: s.terminate(timeout_s) for name, s in self.services.items()}
@@ -150,7 +125,7 @@ async def prepare_topics_and_schema(names: Names, partitions: int = 3) -> None:
     await ensure_topics(names.settings(topic_partitions=partitions))
     conn = await connect(names.settings())
     try:
-        await migrate(conn, names.schema)
+        await migrate(conn, names.schema())
     finally:
         await conn.close()
 
@@ -158,6 +133,6 @@ async def prepare_topics_and_schema(names: Names, partitions: int = 3) -> None:
 async def drop_schema(names: Names) -> None:
     conn = await connect(names.settings())
     try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{names.schema}" CASCADE')
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{names.schema()}" CASCADE')
     finally:
         await conn.close()

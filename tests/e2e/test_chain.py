@@ -36,7 +36,7 @@ def f_to_c(f: float) -> float:
 
 @pytest.fixture
 def chain(topics: Names, schema: str, tmp_path: Path) -> Iterator[dict[str, Service]]:
-    chain = Chain(topics.suffix, topics.env(), tmp_path)
+    chain = Chain(topics.run_id, topics.env(), tmp_path)
     try:
         chain.start_all(
             {
@@ -123,7 +123,7 @@ async def test_a_known_mix_ends_as_exactly_the_valid_unique_rows_and_the_bad_in_
     ]
     async with aiomqtt.Client(MQTT_HOST, MQTT_PORT, protocol=aiomqtt.ProtocolVersion.V5) as mq:
         for device, payload in mqtt_messages:
-            await mq.publish(f"t-{topics.suffix}/sensors/{device}/readings", payload, qos=1)
+            await mq.publish(f"t-{topics.run_id}/sensors/{device}/readings", payload, qos=1)
 
     ingest = chain["ingest"].url
     async with httpx.AsyncClient(timeout=30) as http:

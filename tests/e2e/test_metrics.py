@@ -43,7 +43,7 @@ INGEST_DLQ = {"NotJson": 2, "MissingDeviceId": 2, "NotAnObject": 1}
 VALIDATE_DLQ = {"RuleViolation": 1, "SchemaViolation": 1}
 DUPLICATES = 2
 ROWS = 12
-HTTP_REQUESTS = {"accepted": 2, "rejected": 1, "too_large": 1, "unavailable": 0}
+HTTP_REQUESTS = {"accepted": 2, "rejected": 1, "too_large": 1, "unavailable": 0, "busy": 0}
 # Readings are stamped this long before they are sent: the end-to-end latency from the device
 # timestamp is at least this.
 STAMPED_AGO_S = 30
@@ -118,7 +118,7 @@ async def send(chain: Chain) -> None:
 
 
 async def stored_rows(names: Names, expected: int, timeout_s: float = 60) -> int:
-    conn = await connect_to_schema(names.schema)
+    conn = await connect_to_schema(names.schema())
     try:
         async with asyncio.timeout(timeout_s):
             while (n := await conn.fetchval("SELECT count(*) FROM sensor_readings")) < expected:
@@ -154,7 +154,7 @@ def run(stack: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     names = Names(uuid.uuid4().hex[:12])
     asyncio.run(prepare_topics_and_schema(names))
     chain = Chain(
-        names.suffix,
+        names.run_id,
         names.env() | {"MAX_BODY_BYTES": str(MAX_BODY_BYTES)},
         tmp_path_factory.mktemp("metrics"),
     )

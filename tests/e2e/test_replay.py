@@ -44,7 +44,7 @@ async def test_replayed_dead_letters_are_stored_once_after_the_rules_are_fixed(
 ) -> None:
     strict = tmp_path / "strict.yaml"
     strict.write_text("ranges:\n  temperature: {min: -50, max: 40}\n")
-    chain = Chain(topics.suffix, topics.env(), tmp_path)
+    chain = Chain(topics.run_id, topics.env(), tmp_path)
     t0 = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
     readings = [
         {
@@ -90,7 +90,7 @@ async def test_enrich_and_store_dead_letters_are_found_by_device_and_carry_the_t
 ) -> None:
     # Records no stage before wrote (a foreign producer, or a bug upstream), keyed and traced
     # as validate and enrich pass records on.
-    chain = Chain(topics.suffix, topics.env(), tmp_path)
+    chain = Chain(topics.run_id, topics.env(), tmp_path)
     traced = [("trace_id", b"0123456789abcdef0123456789abcdef")]
     try:
         chain.start_all({"enrich": "enrich", "store": "store"})

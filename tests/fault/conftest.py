@@ -99,21 +99,21 @@ async def fault_names(fault_stack: FaultStack, names: Names) -> AsyncIterator[Na
     await ensure_topics(settings)
     conn = await connect(settings)
     try:
-        await migrate(conn, names.schema)
+        await migrate(conn, names.schema())
     finally:
         await conn.close()
     yield names
     # A connection of its own: the test may have restarted PostgreSQL meanwhile.
     conn = await connect(settings)
     try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{names.schema}" CASCADE')
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{names.schema()}" CASCADE')
     finally:
         await conn.close()
 
 
 @pytest.fixture
 async def fault_db(fault_names: Names) -> AsyncIterator[asyncpg.Connection]:
-    conn = await connect_to_schema(fault_names.schema, DATABASE_URL)
+    conn = await connect_to_schema(fault_names.schema(), DATABASE_URL)
     try:
         yield conn
     finally:
@@ -129,7 +129,7 @@ def fault_chain(fault_names: Names, request: pytest.FixtureRequest) -> Iterator[
         for old in log_dir.glob("*.log"):
             old.unlink()
     log_dir.mkdir(parents=True, exist_ok=True)
-    chain = Chain(fault_names.suffix, fault_names.env() | FaultStack.client_env, log_dir)
+    chain = Chain(fault_names.run_id, fault_names.env() | FaultStack.client_env, log_dir)
     try:
         yield chain
     finally:

@@ -51,7 +51,7 @@ async def test_a_burst_into_a_blocked_store_is_absorbed_within_memory_ceilings(
     stop = asyncio.Event()
     peaks: dict[str, float] = {}
     sampler = asyncio.create_task(sample_rss(fault_chain, stop, peaks))
-    locker = await connect_to_schema(fault_names.schema, DATABASE_URL)
+    locker = await connect_to_schema(fault_names.schema(), DATABASE_URL)
     lock = locker.transaction()
     await lock.start()
     await locker.execute("LOCK TABLE sensor_readings IN ACCESS EXCLUSIVE MODE")

@@ -86,7 +86,7 @@ async def test_a_server_outage_is_waited_out_without_loss(
     down_s = round(time.monotonic() - began, 1)
     await senders
     # A connection of its own: one opened before a PostgreSQL outage did not survive it.
-    db = await connect_to_schema(fault_names.schema, DATABASE_URL)
+    db = await connect_to_schema(fault_names.schema(), DATABASE_URL)
     try:
         outcome = await settle(db, fault_names.dlq, KAFKA, traffic, timeout_s=180)
     finally:

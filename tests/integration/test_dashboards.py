@@ -66,7 +66,7 @@ def readings(now: datetime) -> list[dict[str, Any]]:
 
 
 async def fill(names: Names, chain: Chain, now: datetime) -> int:
-    conn = await connect_to_schema(names.schema)
+    conn = await connect_to_schema(names.schema())
     try:
         await conn.executemany(
             "INSERT INTO devices (device_id, model, site, owner) VALUES ($1, 'TH-200', $2, 'ops')",
@@ -90,7 +90,7 @@ async def fill(names: Names, chain: Chain, now: datetime) -> int:
 def data(stack: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Data]:
     names = Names(uuid.uuid4().hex[:12])
     asyncio.run(prepare_topics_and_schema(names))
-    chain = Chain(names.suffix, names.env(), tmp_path_factory.mktemp("dashboards"))
+    chain = Chain(names.run_id, names.env(), tmp_path_factory.mktemp("dashboards"))
     now = datetime.now(UTC).replace(microsecond=0)
     try:
         chain.start_all({stage: stage for stage in ("ingest", "validate", "enrich", "store")})
@@ -106,7 +106,7 @@ def data(stack: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Data
 
 @pytest.fixture
 async def db(data: Data) -> AsyncIterator[asyncpg.Connection]:
-    conn = await connect_to_schema(data.names.schema)
+    conn = await connect_to_schema(data.names.schema())
     try:
         yield conn
     finally:

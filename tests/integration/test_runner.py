@@ -47,7 +47,7 @@ async def run_stage(
     broker failure at that moment would: the transaction is aborted.
     """
     settings = topics.settings_of(
-        ConsumerSettings, consumer_group=f"g-{topics.suffix}", service_name="validate"
+        ConsumerSettings, consumer_group=f"g-{topics.run_id}", service_name="validate"
     )
     consumer = make_consumer(settings, topics.raw)
     producer = make_producer(settings, transactional_id=f"tx-{uuid.uuid4().hex[:8]}")

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from bench.parsing import parse_consumer_perf, parse_producer_perf, runs_from_stack
-from bench.report import LatencyRow, Results, Row, evaluate_targets, to_markdown
-from bench.stats import (
+from bench.harness.parsing import parse_consumer_perf, parse_producer_perf, runs_from_stack
+from bench.harness.report import LatencyRow, Results, Row, evaluate_targets, to_markdown
+from bench.harness.stats import (
     Sample,
     judge,
     lag_verdict,

@@ -7,13 +7,17 @@ reaches, ports and probes are the settings' defaults and those of docs/architect
 and consumer groups are the defaults, Prometheus scrapes every stage where compose runs it,
 Grafana reads the database compose runs, nothing is published beyond 127.0.0.1, and the images
 compose pulls are exact releases, those of the local stack for Kafka, Mosquitto and TimescaleDB.
+The one thing run is deploy/local/stack.sh's rendering of the local Mosquitto config from
+compose's (into a temporary folder): it may change only the address and the paths.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
 LOCAL_STACK = ROOT / "deploy" / "local"
+STACK_SH = LOCAL_STACK / "stack.sh"
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 
@@ -289,11 +294,16 @@ def test_compose_simulator_posts_to_the_ingest_container_and_publishes_to_mosqui
 # --- the images of docker-compose.yml and the local stack ----------------------------------------
 
 
+def local_stack_scripts() -> str:
+    """deploy/local's shell scripts (stack.sh and the files it sources), as one text."""
+    return "\n".join(path.read_text() for path in sorted(LOCAL_STACK.glob("*.sh")))
+
+
 def local_stack_versions() -> dict[str, str]:
-    """The releases `make up` installs: Kafka's from its Maven pom, PostgreSQL's major from
-    stack.sh, Mosquitto's and TimescaleDB's (Debian packages) from deploy/local/README.md."""
+    """The releases `make up` installs: Kafka's from its Maven pom, PostgreSQL's major from the
+    scripts' default, Mosquitto's and TimescaleDB's (Debian packages) from its README."""
     pom = (LOCAL_STACK / "kafka" / "pom.xml").read_text()
-    stack = (LOCAL_STACK / "stack.sh").read_text()
+    stack = local_stack_scripts()
     readme = (LOCAL_STACK / "README.md").read_text()
     versions = {
         "kafka": re.findall(r"<kafka\.version>([^<]+)</kafka\.version>", pom),
@@ -340,8 +350,8 @@ def test_compose_pins_every_image_it_pulls_to_an_exact_release() -> None:
 
 
 def stack_timescaledb_settings() -> dict[str, str]:
-    """The timescaledb.* lines of the postgresql.conf that stack.sh renders."""
-    stack = (LOCAL_STACK / "stack.sh").read_text()
+    """The timescaledb.* lines of the postgresql.conf that the local stack renders."""
+    stack = local_stack_scripts()
     found = re.findall(r"^(timescaledb\.\w+) = '?([^'\n]*)'?$", stack, re.MULTILINE)
     return dict(found)
 
@@ -527,6 +537,60 @@ def test_mosquitto_conf_listens_where_ingest_connects_and_keeps_sessions() -> No
     assert options["allow_anonymous"] == "true"
     assert options["persistence"] == "true"
     assert options["persistence_location"].startswith("/mosquitto/data")
+
+
+def test_mosquitto_autosaves_every_30_s_the_interval_the_fault_figures_were_measured_with() -> None:
+    assert mosquitto_options()["autosave_interval"] == "30"
+
+
+def config_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()[:1] not in ("", "#")]
+
+
+def render_local_mosquitto_conf(state: Path, shared: Path) -> subprocess.CompletedProcess[str]:
+    """stack.sh's mosquitto_render_config (stack.sh sourced: it only defines), STACK_DIR=state."""
+    (state / "mosquitto").mkdir(parents=True, exist_ok=True)
+    script = '. "$1"; MQTT_SHARED_CONF=$2; mosquitto_render_config "user mosquitto"'
+    return subprocess.run(
+        ["bash", "-c", script, "render", str(STACK_SH), str(shared)],
+        env=os.environ | {"STACK_DIR": str(state), "MQTT_PORT": "31883"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_the_local_stack_renders_the_compose_mosquitto_conf_changing_only_address_and_paths(
+    tmp_path: Path,
+) -> None:
+    done = render_local_mosquitto_conf(tmp_path, MOSQUITTO_CONF)
+    assert done.returncode == 0, done.stderr
+    shared = config_lines(MOSQUITTO_CONF.read_text())
+    local = config_lines((tmp_path / "mosquitto" / "mosquitto.conf").read_text())
+    only_local = {
+        "user mosquitto",
+        "listener 31883 127.0.0.1",
+        f"persistence_location {tmp_path}/mosquitto/data/",
+        f"log_dest file {tmp_path}/logs/mosquitto.log",
+    }
+    only_shared = {"listener 1883", "persistence_location /mosquitto/data/", "log_dest stdout"}
+    assert set(local) - set(shared) == only_local
+    assert set(shared) - set(local) == only_shared
+    assert [line for line in local if line not in only_local] == [
+        line for line in shared if line not in only_shared
+    ]
+
+
+def test_rendering_the_local_mosquitto_conf_fails_when_a_replaced_line_is_doubled(
+    tmp_path: Path,
+) -> None:
+    shared = tmp_path / "mosquitto.conf"
+    shared.write_text(MOSQUITTO_CONF.read_text() + "listener 8883\n")
+    done = render_local_mosquitto_conf(tmp_path / "state", shared)
+    assert done.returncode == 1
+    assert "cannot render" in done.stderr
+    assert not (tmp_path / "state" / "mosquitto" / "mosquitto.conf").exists()
 
 
 # --- Dockerfile ----------------------------------------------------------------------------------

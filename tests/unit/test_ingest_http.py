@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import cast
 
@@ -10,9 +12,12 @@ import httpx
 import orjson
 import pydantic
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from libs.common.health import Readiness, health_app, serve_http
 from libs.common.kafka import Outgoing
+from libs.common.metrics import sample_sum
 from libs.common.models import Source
 from services.ingest.handover import Handover
 from services.ingest.http_api import ingest_app
@@ -55,6 +60,35 @@ async def client(handover: HeldHandover, free_port: int) -> AsyncIterator[httpx.
         yield client
 
 
+def busy_count() -> float:
+    scraped = generate_latest().decode()
+    return sample_sum(scraped, "pipeline_ingest_requests_total", transport="http", outcome="busy")
+
+
+# Every answer POST /v1/readings counts: 202, 400, 413, 503 (Kafka down), 503 (concurrency limit).
+HTTP_OUTCOMES = {"accepted", "rejected", "too_large", "unavailable", "busy"}
+
+
+def test_metrics_of_a_fresh_ingest_have_every_http_outcome_at_zero_busy_included() -> None:
+    # A fresh interpreter: in this one other tests have already counted requests.
+    code = (
+        "from prometheus_client import generate_latest\n"
+        "from libs.common import metrics\n"
+        "metrics.initialise('ingest')\n"
+        "print(generate_latest().decode())\n"
+    )
+    scraped = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    http = {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+        if sample.name == "pipeline_ingest_requests_total" and sample.labels["transport"] == "http"
+    }
+    assert http == dict.fromkeys(HTTP_OUTCOMES, 0.0)
+
+
 async def test_past_the_concurrency_limit_the_answer_is_503_with_retry_after(
     client: httpx.AsyncClient, handover: HeldHandover
 ) -> None:
@@ -63,9 +97,11 @@ async def test_past_the_concurrency_limit_the_answer_is_503_with_retry_after(
     held = [asyncio.create_task(client.post("/v1/readings", json=reading)) for _ in range(2)]
     while handover.waiting < 2:
         await asyncio.sleep(0.01)
+    before = busy_count()
     busy = await client.post("/v1/readings", json=reading)
     assert busy.status_code == 503
     assert busy.headers["retry-after"] == "1"
+    assert busy_count() == before + 1
     # Probes are outside the limit.
     assert (await client.get("/healthz")).status_code == 200
     handover.release.set()

@@ -1,4 +1,4 @@
-"""tools.run's pure part: /metrics text to counters, two scrapes to rates, numbers to a table."""
+"""tools/run_view.py: /metrics text to counters, two scrapes to rates, numbers to a table."""
 
 from __future__ import annotations
 
@@ -12,14 +12,18 @@ import httpx
 import pytest
 from rich.console import Console
 
-from tools import run
+from libs.common import metrics
+from tools import run_view
 from tools.fleet import Counts, TransportCounts
-from tools.run import (
+from tools.processes import ExitedEarly, NotReady, ServiceProcess, wait_all_ready
+from tools.run_view import (
     DbStatus,
+    Display,
     Rates,
     Scrape,
     SimStatus,
     StageRow,
+    Startup,
     ViewState,
     baseline,
     end_checks,
@@ -28,6 +32,7 @@ from tools.run import (
     rates,
     render_summary,
     render_view,
+    sample_name,
     status_line,
 )
 
@@ -142,7 +147,7 @@ def _state(**overrides) -> ViewState:
         http=TransportCounts(valid=470, late=6, bad=11, duplicates=6, failed=2),
         elapsed_s=10.0,
     )
-    log_dir = run.REPO_ROOT / ".stack" / "logs"
+    log_dir = run_view.REPO_ROOT / ".stack" / "logs"
     stages = [
         StageRow(
             name="ingest",
@@ -258,9 +263,9 @@ class _Exited:
         return 3
 
 
-def _services(tmp_path: Path) -> list[run.Service]:
+def _services(tmp_path: Path) -> list[ServiceProcess]:
     return [
-        run.Service(run.StageSpec(name, "127.0.0.1", port), tmp_path)
+        ServiceProcess(name, f"services.{name}", tmp_path / f"{name}.log", port=port)
         for name, port in (
             ("ingest", 18080),
             ("validate", 18081),
@@ -272,7 +277,7 @@ async def test_waiting_for_readiness_ends_when_every_service_answers_ready(tmp_p
     answered = httpx.MockTransport(lambda request: httpx.Response(200, json={"ready": True}))
     seen: list[dict[str, str]] = []
     async with httpx.AsyncClient(transport=answered) as client:
-        ready = await run.wait_ready(
+        ready = await wait_all_ready(
             _services(tmp_path), client, asyncio.Event(), lambda s, _: seen.append(dict(s))
         )
     assert ready
@@ -286,8 +291,8 @@ async def test_a_service_not_ready_in_time_is_named_with_its_log_file_and_last_a
         return httpx.Response(503, json={"ready": False, "checks": {"kafka": False}})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(readyz)) as client:
-        with pytest.raises(run.StartupError) as caught:
-            await run.wait_ready(
+        with pytest.raises(NotReady) as caught:
+            await wait_all_ready(
                 _services(tmp_path), client, asyncio.Event(), lambda *_: None, timeout_s=0.3
             )
     message = str(caught.value)
@@ -298,8 +303,27 @@ async def test_a_service_not_ready_in_time_is_named_with_its_log_file_and_last_a
 
 async def test_a_service_that_dies_while_starting_is_reported_at_once(tmp_path):
     services = _services(tmp_path)
-    services[1].proc = _Exited()  # type: ignore[assignment]
+    services[1].popen = _Exited()  # type: ignore[assignment]
     refused = httpx.MockTransport(lambda request: httpx.Response(503))
     async with httpx.AsyncClient(transport=refused) as client:
-        with pytest.raises(run.StartupError, match="validate exited with code 3 while starting"):
-            await run.wait_ready(services, client, asyncio.Event(), lambda *_: None)
+        with pytest.raises(ExitedEarly, match="validate exited with code 3 while starting"):
+            await wait_all_ready(services, client, asyncio.Event(), lambda *_: None)
+
+
+def test_the_parser_reads_the_sample_names_the_services_export():
+    assert sample_name(metrics.MESSAGES_IN) == "pipeline_messages_in_total"
+    assert sample_name(metrics.CONSUMER_LAG) == "pipeline_consumer_lag"
+
+
+def test_without_a_terminal_the_display_prints_a_status_line_at_most_every_few_seconds():
+    out = io.StringIO()
+    console = Console(file=out, width=300, color_system=None)
+    assert not console.is_terminal
+    with Display(console, plain_every_s=60.0) as display:
+        display.update(Startup({"ingest": "ready", "validate": "no answer"}, 1.5))
+        display.update(_state())  # within the minute: not printed
+    lines = out.getvalue().splitlines()
+    assert lines == ["starting, 1.5 s: ingest[ready]  validate[no answer]"]
+    with Display(console, plain_every_s=0.0) as display:
+        display.update(_state())
+    assert out.getvalue().splitlines()[-1] == status_line(_state())

@@ -1,5 +1,5 @@
 """What a benchmark run found, and its three renderings: the console table, the JSON file and
-the markdown that docs/performance.md quotes. The PNG plot lives in `bench.plot`."""
+the markdown that docs/performance.md quotes. The PNG plot lives in `bench.harness.plot`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
-from bench.stats import fmt_num, fmt_rate, fmt_ratio, judge, ratio
+from bench.harness.stats import fmt_num, fmt_rate, fmt_ratio, judge, ratio
 
 
 @dataclass(slots=True)

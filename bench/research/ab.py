@@ -1,11 +1,11 @@
-"""`python -m bench.ab STAGE [--env NAME=VALUE ...] [--base REF] [--reps N] [--records N]`: one
-stage alone, A and B interleaved A B A B on the same pre-filled topic, so a noisy machine weighs
-on both alike. For trying a fix before and after: B is the work tree with the settings of
-`--env`; A is the work tree as is, or with `--base` the code of an earlier commit (checked out
-in a temporary git worktree).
+"""`python -m bench.research.ab STAGE [--env NAME=VALUE ...] [--base REF] [--reps N]
+[--records N]`: one stage alone, A and B interleaved A B A B on the same pre-filled topic, so a
+noisy machine weighs on both alike. For trying a fix before and after: B is the work tree with
+the settings of `--env`; A is the work tree as is, or with `--base` the code of an earlier commit
+(checked out in a temporary git worktree).
 
-e.g. `python -m bench.ab enrich --env PRODUCER_COMPRESSION=zstd`
-     `python -m bench.ab validate --base HEAD`   (uncommitted changes against the last commit)
+e.g. `python -m bench.research.ab enrich --env PRODUCER_COMPRESSION=zstd`
+     `python -m bench.research.ab validate --base HEAD`   (uncommitted changes against HEAD)
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import stages
-from bench.context import FULL, Bench
-from bench.data import make_dataset
+from bench.harness.context import FULL, Bench
+from bench.harness.data import make_dataset
+from bench.harness.report import Results
 from bench.infra import Names, Offsets, checkout_of, create_schema
-from bench.report import Results
-from bench.run import cleanup
+from bench.steps import stages
 
 INPUTS = {"validate": ("raw", "out-validate"), "enrich": ("validated", "out-enrich")}
 INPUTS["store"] = ("enriched", "")
@@ -70,12 +69,12 @@ async def run(
                 rates[variant].append(row.rate or float("nan"))
     finally:
         await offsets.close()
-        await cleanup(bench)
+        await bench.cleanup()
     return rates
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.research.ab", description=__doc__)
     parser.add_argument("stage", choices=sorted(INPUTS))
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--base", metavar="REF", help="run A from this commit")

@@ -19,8 +19,11 @@ from typing import Any
 import orjson
 import psutil
 
-from bench.context import Bench
-from bench.data import DEVICES, raw_payloads
+from bench.harness.context import Bench
+from bench.harness.data import DEVICES, raw_payloads
+from bench.harness.mqtt import BarePublisher
+from bench.harness.report import LatencyRow, Row
+from bench.harness.stats import lag_verdict, percentile
 from bench.infra import (
     KAFKA,
     MachineLoad,
@@ -33,10 +36,7 @@ from bench.infra import (
     read_timestamps,
     server_processes,
 )
-from bench.mqtt import BarePublisher
-from bench.report import LatencyRow, Row
-from bench.stages import register_devices
-from bench.stats import lag_verdict, percentile
+from bench.steps.stages import register_devices
 from libs.common.metrics import sample_sum
 from tools.fleet import Pacer
 

@@ -3,6 +3,7 @@ that shows progress, the results so far, and what must be cleaned up at the end.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterator
@@ -12,10 +13,19 @@ from pathlib import Path
 import structlog
 from rich.console import Console
 
-from bench.data import Dataset
-from bench.infra import MachineLoad, Names, Offsets, Proc
-from bench.report import Results, Row
-from bench.stats import Throughput, fmt_num, fmt_rate
+from bench.harness import mqtt
+from bench.harness.data import Dataset
+from bench.harness.report import Results, Row
+from bench.harness.stats import Throughput, fmt_num, fmt_rate
+from bench.infra import (
+    MachineLoad,
+    Names,
+    Offsets,
+    Proc,
+    delete_groups,
+    delete_topics,
+    drop_schemas,
+)
 
 log = structlog.get_logger("bench")
 
@@ -140,6 +150,14 @@ class Bench:
         mb = proc.peak_rss / (1024 * 1024)
         previous = self.results.service_rss_mb.get(service, 0.0)
         self.results.service_rss_mb[service] = round(max(previous, mb), 1)
+
+    async def cleanup(self) -> None:
+        """Delete what the run made on the shared servers: topics, schemas, groups, sessions."""
+        await delete_topics(self.topics)
+        await drop_schemas(self.schemas)
+        await asyncio.to_thread(delete_groups, self.groups)
+        for client_id in self.mqtt_sessions:
+            await asyncio.to_thread(mqtt.close_session, client_id)
 
 
 def throughput_row(

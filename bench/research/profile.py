@@ -1,11 +1,12 @@
-"""`python -m bench.profile [validate|enrich|store ...] [--records N] [--sampler S]`: where a
-stage's pure step spends its time, over the benchmark's own readings (no Kafka, no database).
+"""`python -m bench.research.profile [validate|enrich|store ...] [--records N] [--sampler S]`:
+where a stage's pure step spends its time, over the benchmark's own readings (no Kafka, no
+database).
 
 With pyinstrument (the default) it prints the call tree and the functions with the most self
-time, into bench/results/profile-<stage>.txt. pyinstrument hooks every call, so C built-ins
-called per record (orjson, round) look dearer than they are; `--sampler py-spy` samples from
-outside instead (C callees charged to their Python caller), into
-bench/results/pyspy-step-<stage>.txt.
+time, into bench/results/profiles/profile-<stage>.txt. pyinstrument hooks every call, so C
+built-ins called per record (orjson, round) look dearer than they are; `--sampler py-spy`
+samples from outside instead (C callees charged to their Python caller), into
+bench/results/profiles/pyspy-step-<stage>.txt. Git ignores that folder: dumps are not results.
 """
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ from pyinstrument.frame import Frame
 from rich.console import Console
 from rich.table import Table
 
-from bench.data import STEP_BATCH, consumer_records, fleet_devices, lineage_headers, raw_payloads
+from bench.harness.data import (
+    STEP_BATCH,
+    consumer_records,
+    fleet_devices,
+    lineage_headers,
+    raw_payloads,
+)
+from bench.infra import REPO_ROOT
+from bench.research.profile_service import PROFILES_DIR, _py_spy, self_time_table, summarise
 from services.enrich import geo
 from services.enrich.registry import DeviceRegistry
 from services.enrich.service import make_step as make_enrich_step
@@ -36,7 +45,6 @@ from services.validate.dedup import Deduplicator
 from services.validate.rules import load_rules
 from services.validate.service import make_step as make_validate_step
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 STAGES = ("validate", "enrich", "store")
 
 
@@ -132,11 +140,17 @@ def bare(stage: str, records: int) -> None:
 
 
 def sample(stage: str, records: int, console: Console, out_dir: Path) -> None:
-    from bench.profile_service import _py_spy, self_time_table, summarise
-
     out_dir.mkdir(parents=True, exist_ok=True)
     raw = out_dir / f"pyspy-step-{stage}.txt"
-    command = [sys.executable, "-m", "bench.profile", stage, "--records", str(records), "--bare"]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.research.profile",
+        stage,
+        "--records",
+        str(records),
+        "--bare",
+    ]
     subprocess.run(
         [_py_spy(), "record", "--rate", "500", "--format", "raw", "-o", str(raw), "--", *command],
         check=True,
@@ -159,7 +173,7 @@ def profile(stage: str, records: int, console: Console, out_dir: Path) -> list[H
     session = profiler.stop()
     # Paths relative to the checkout: no machine paths in the results.
     tree = profiler.output_text(unicode=True, color=False, show_all=False).replace(
-        f"{Path(__file__).resolve().parents[1]}/", ""
+        f"{REPO_ROOT}/", ""
     )
     root = session.root_frame()
     found = hotspots(root) if root is not None else []
@@ -302,10 +316,10 @@ def ablate(stage: str, records: int, console: Console, repeats: int = 3) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.research.profile", description=__doc__)
     parser.add_argument("stages", nargs="*", default=list(STAGES), choices=STAGES)
     parser.add_argument("--records", type=int, default=100_000)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--out", type=Path, default=PROFILES_DIR, help="where the dumps go")
     parser.add_argument(
         "--sampler", choices=("pyinstrument", "py-spy", "ablation"), default="pyinstrument"
     )

@@ -1,6 +1,6 @@
 """Receive rate of the Python MQTT clients ingest could use: paho-mqtt, gmqtt and aiomqtt.
 
-`python -m bench.mqtt_clients CLIENT CLIENT_ID COUNT` connects to an existing persistent
+`python -m bench.steps.mqtt_clients CLIENT CLIENT_ID COUNT` connects to an existing persistent
 session (clean start off) whose queue the harness filled, receives COUNT QoS 1 messages,
 acknowledging each on receipt (each client's fastest mode), and writes one JSON line: received,
 seconds from the first message to the last, CPU seconds. Each runs in a process of its own, so
@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 import uvloop
 
+from bench.harness.mqtt import MAX_INFLIGHT, SESSION_EXPIRY_S
 from bench.infra import MQTT_HOST, MQTT_PORT
-from bench.mqtt import MAX_INFLIGHT, SESSION_EXPIRY_S
 
 CLIENTS = ("paho", "gmqtt", "aiomqtt")
 

@@ -1,10 +1,11 @@
-"""`python -m bench.profile_service [validate|enrich|store] [--records N] [--seconds S]`: where
-the running service spends its time at saturation, pure step and Kafka loop together.
+"""`python -m bench.research.profile_service [validate|enrich|store] [--records N] [--seconds S]`:
+where the running service spends its time at saturation, pure step and Kafka loop together.
 
 Pre-fills a private topic, starts the real service on it, and once it is past start-up samples
 it with py-spy (sampling from outside, so the service runs unmodified). Prints the functions
 with the most self time and the share of time under a few landmarks (the pure step, producing,
-polling, committing), and writes the collapsed stacks to bench/results/pyspy-<stage>.txt.
+polling, committing), and writes the collapsed stacks to bench/results/profiles/pyspy-<stage>.txt
+(git ignores that folder: dumps are not results).
 Needs the local stack (make up); cleans up its topics, schema and group.
 """
 
@@ -21,9 +22,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench.data import make_dataset
+from bench.harness.data import make_dataset
 from bench.infra import (
     KAFKA,
+    REPO_ROOT,
     Names,
     Offsets,
     Proc,
@@ -37,7 +39,8 @@ from bench.infra import (
     produce,
 )
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Profile dumps: read once, then stale; git ignores the folder and keeps only the run results.
+PROFILES_DIR = REPO_ROOT / "bench" / "results" / "profiles"
 INPUT = {"validate": "raw", "enrich": "validated", "store": "enriched"}
 # Substrings of a frame that mark a part of the loop; a sample counts once per landmark.
 LANDMARKS = {
@@ -180,11 +183,13 @@ def _py_spy() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.profile_service", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.research.profile_service", description=__doc__
+    )
     parser.add_argument("stage", choices=sorted(INPUT))
     parser.add_argument("--records", type=int, default=300_000)
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--out", type=Path, default=PROFILES_DIR, help="where the dump goes")
     args = parser.parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 160)
     asyncio.run(run(args.stage, args.records, args.seconds, console, args.out))

@@ -1,5 +1,5 @@
-"""`python -m bench.mqtt_ab [--base REF] [--env NAME=VALUE ...] [--reps N] [--records N]`: only
-the MQTT part of `make bench`, interleaved so a noisy machine weighs on every figure alike.
+"""`python -m bench.research.mqtt_ab [--base REF] [--env NAME=VALUE ...] [--reps N] [--records N]`:
+only the MQTT part of `make bench`, interleaved so a noisy machine weighs on every figure alike.
 
 Each repetition runs, one after the other on fresh persistent sessions holding the same
 `--records` queued readings: Mosquitto's bare C subscriber draining it (the reference), then
@@ -7,7 +7,7 @@ ingest over MQTT as A (the work tree, or with `--base` the code of an earlier co
 out in a temporary git worktree) and as B (the work tree with the settings of `--env`). It
 prints each run's rate, its ratio to the C subscriber of the same repetition, CPU and peak RSS.
 
-e.g. `python -m bench.mqtt_ab --base HEAD~1`   (before/after a change to ingest's MQTT side)
+e.g. `python -m bench.research.mqtt_ab --base HEAD~1`   (before/after a change to ingest's MQTT)
 """
 
 from __future__ import annotations
@@ -25,13 +25,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import mqtt
-from bench.context import FULL, Bench
-from bench.data import make_dataset
+from bench.harness import mqtt
+from bench.harness.context import FULL, Bench
+from bench.harness.data import make_dataset
+from bench.harness.report import Results, Row
 from bench.infra import Names, Offsets, Proc, checkout_of, create_topics, free_port
-from bench.report import Results, Row
-from bench.run import cleanup
-from bench.stages import env_for, measure
+from bench.steps.stages import env_for, measure
 
 
 async def _c_subscriber(bench: Bench, label: str, lines: list[bytes]) -> float:
@@ -117,12 +116,12 @@ async def run(
                 )
     finally:
         await offsets.close()
-        await cleanup(bench)
+        await bench.cleanup()
     return runs
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.mqtt_ab", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.research.mqtt_ab", description=__doc__)
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--base", metavar="REF", help="run A from this commit")
     parser.add_argument("--reps", type=int, default=2)

@@ -11,8 +11,10 @@ from typing import Any
 
 import httpx
 
-from bench import mqtt
-from bench.context import Bench, throughput_row
+from bench.harness import mqtt
+from bench.harness.context import Bench, throughput_row
+from bench.harness.report import Row
+from bench.harness.stats import steady_throughput
 from bench.infra import (
     KAFKA,
     MachineLoad,
@@ -24,8 +26,6 @@ from bench.infra import (
     produce,
     watch,
 )
-from bench.report import Row
-from bench.stats import steady_throughput
 
 HTTP_BATCH = 1000  # readings per NDJSON body
 HTTP_CONCURRENCY = 4  # bodies in flight, as a few gateways posting at once would

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bench.report import Results
+from bench.harness.report import Results
 
 _SECTIONS = ("stage", "peer", "end to end", "pure step", "MQTT client")
 

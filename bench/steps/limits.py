@@ -12,8 +12,10 @@ import time
 import orjson
 import psutil
 
-from bench import mqtt
-from bench.context import Bench
+from bench.harness import mqtt
+from bench.harness.context import Bench
+from bench.harness.parsing import parse_consumer_perf, parse_producer_perf
+from bench.harness.report import Row
 from bench.infra import (
     KAFKA,
     PRODUCER_COMPRESSION,
@@ -22,9 +24,7 @@ from bench.infra import (
     create_topics,
     kafka_tool,
 )
-from bench.mqtt_clients import CLIENTS
-from bench.parsing import parse_consumer_perf, parse_producer_perf
-from bench.report import Row
+from bench.steps.mqtt_clients import CLIENTS
 from services.store.writer import COLUMNS
 
 # The services' producer settings (libs/common/kafka.py and settings.py), so the Java tool is
@@ -196,7 +196,7 @@ async def mosquitto(bench: Bench) -> None:
 
 def _python_client(client: str, client_id: str, count: int) -> dict[str, float]:
     done = subprocess.run(
-        [sys.executable, "-m", "bench.mqtt_clients", client, client_id, str(count)],
+        [sys.executable, "-m", "bench.steps.mqtt_clients", client, client_id, str(count)],
         capture_output=True,
         timeout=300,
         check=False,

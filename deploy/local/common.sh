@@ -1,0 +1,102 @@
+# Sourced by stack.sh, install.sh and kafka-tool.sh: where the local stack keeps its files,
+# its ports and settings, the output and failure helpers, and the one Java command line that
+# runs a class from the Kafka jars. Defines, runs nothing.
+# The variables are read by the scripts that source this file, hence SC2034 (unused) off.
+# shellcheck shell=bash disable=SC2034
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
+# The name failures are reported under: the script that was run (stack.sh, install.sh).
+PROG=$(basename "$0")
+# Downloads and builds (jars, Maven repository, TimescaleDB source) are cached in .stack/ and
+# shared; the servers' state (configs, data, logs, pids) lives in STACK_DIR, .stack/ unless
+# set: a second stack on other ports (the fault tests run one) keeps its own state.
+CACHE="$ROOT/.stack"
+STACK=${STACK_DIR:-$CACHE}
+LOGS="$STACK/logs"
+RUN="$STACK/run"
+
+KAFKA_PORT=${KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
+MQTT_PORT=${MQTT_PORT:-1883}
+PG_PORT=${PG_PORT:-5432}
+PG_MAJOR=${PG_MAJOR:-15}
+KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xmx512m -Xms256m}
+START_TIMEOUT=${STACK_START_TIMEOUT:-120}
+STOP_TIMEOUT=${STACK_STOP_TIMEOUT:-30}
+
+# The application's database: local throwaway credentials, the defaults of DATABASE_URL.
+DB_NAME=sensors
+DB_USER=sensors
+DB_PASSWORD=sensors
+
+KAFKA_DIR="$STACK/kafka"
+KAFKA_LIBS="$CACHE/kafka/libs"
+KAFKA_CONF="$KAFKA_DIR/server.properties"
+KAFKA_DATA="$KAFKA_DIR/data"
+
+MQTT_DIR="$STACK/mosquitto"
+MQTT_CONF="$MQTT_DIR/mosquitto.conf"
+# The one Mosquitto config, also mounted by docker-compose.yml; stack.sh renders MQTT_CONF
+# from it, changing only what must differ for a local process.
+MQTT_SHARED_CONF="$(cd "$SCRIPT_DIR/../mosquitto" && pwd)/mosquitto.conf"
+
+PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
+# PG_BASE (data dir, socket dir) is .stack/pg unless the OS user `postgres` cannot reach it:
+# see pg_base() in stack.sh.
+
+SUDO=()
+if [[ $EUID -ne 0 ]]; then SUDO=(sudo); fi
+
+mosquitto_bin() { command -v mosquitto 2>/dev/null || echo /usr/sbin/mosquitto; }
+
+# ---------------------------------------------------------------- output and failure
+STEP="starting"
+STEP_LOG=""
+
+say() { printf '==> %s\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+
+# step NAME [LOG]: announce a step; a failure from here on names it and its log.
+step() {
+  STEP=$1
+  STEP_LOG=${2:-}
+  say "$STEP"
+}
+
+die() {
+  {
+    echo "$PROG: FAILED at step: $STEP"
+    [[ $# -gt 0 ]] && echo "$PROG: $*"
+    if [[ -n $STEP_LOG ]]; then
+      echo "$PROG: read the log: $STEP_LOG"
+      if [[ -f $STEP_LOG ]]; then
+        echo "---- last lines of $STEP_LOG ----"
+        tail -n 15 "$STEP_LOG" || true
+        echo "----"
+      fi
+    fi
+  } >&2
+  exit 1
+}
+
+# Installed by each script that runs steps: trap 'on_error $? "$BASH_COMMAND"' ERR
+on_error() {
+  local rc=$1 cmd=$2
+  trap - ERR
+  die "command failed (exit $rc): $cmd"
+}
+
+# ---------------------------------------------------------------- Java
+# kafka_java_cmd HEAP_OPTS LOG4J_FILE: sets KAFKA_JAVA to the command line that runs a class
+# from the Kafka jars (append JVM options, then the class and its arguments). Every Java
+# process of the stack starts from it: the broker, StorageTool, the readiness probe and
+# kafka-tool.sh. An array rather than a function, so that callers can put setsid or exec
+# in front of it. LOG4J_FILE is one of deploy/local/kafka/*.properties.
+KAFKA_JAVA=()
+kafka_java_cmd() {
+  local heap_opts=$1 log4j=$2
+  # shellcheck disable=SC2206  # heap options are a word list on purpose
+  KAFKA_JAVA=(java $heap_opts -Djava.awt.headless=true
+    -Dlog4j2.configurationFile="$SCRIPT_DIR/kafka/$log4j" -cp "$KAFKA_LIBS/*")
+}
