@@ -28,9 +28,13 @@ class SetupSettings(PipelineSettings):
 
 
 async def setup(settings: SetupSettings) -> None:
-    created = await call_with_retry(lambda: ensure_topics(settings), settings.setup_wait_s)
+    created = await call_with_retry(
+        lambda: ensure_topics(settings), settings.setup_wait_s, name="ensure_topics"
+    )
     log.info("topics ready", created=created, partitions=settings.topic_partitions)
-    conn = await call_with_retry(lambda: connect(settings), settings.setup_wait_s)
+    conn = await call_with_retry(
+        lambda: connect(settings), settings.setup_wait_s, name="database_connect"
+    )
     try:
         applied = await migrate(conn, settings.database_schema)
     finally:

@@ -25,7 +25,9 @@ import httpx
 import structlog
 
 from libs.common.cli import argument_parser
+from libs.common.errors import PipelineError, TransientError
 from libs.common.logs import configure_logging
+from libs.common.retry import Stopped, retrying
 from services.ingest.settings import IngestSettings
 from tools.fleet import Counts, Emitted, FleetConfig, Pacer, ReadingGenerator, Transport
 
@@ -33,7 +35,11 @@ log = structlog.get_logger("simulate")
 
 # Lines per HTTP request at most; far below ingest's 10 MiB body limit.
 HTTP_MAX_BATCH = 5000
-HTTP_RETRY_DELAYS_S = (0.2, 0.5, 1.0)
+# A batch is sent at most this often (the first time and the retries) while ingest is away,
+# busy or failing; the waits double from the first to the longest, with jitter.
+HTTP_ATTEMPTS = 4
+HTTP_RETRY_INITIAL_S = 0.2
+HTTP_RETRY_MAX_WAIT_S = 1.0
 # A lost MQTT connection is tried again at most this often while readings keep falling due.
 MQTT_RECONNECT_EVERY_S = 2.0
 
@@ -96,6 +102,14 @@ class SimConfig:
 
 class SimulatorError(Exception):
     """The simulator cannot start: say what is missing."""
+
+
+class IngestBusy(TransientError):
+    """Ingest did not take a batch now (unreachable, 5xx, 429); sending it again may work."""
+
+
+class IngestRefused(PipelineError):
+    """Ingest refused a batch for good (a 4xx other than 429): the request itself is wrong."""
 
 
 def _quiet_logger(name: str) -> logging.Logger:
@@ -189,27 +203,39 @@ class HttpSender:
         return results
 
     async def _post(self, body: bytes) -> bool:
-        problem = ""
-        for delay in (*HTTP_RETRY_DELAYS_S, None):
-            try:
-                response = await self._client.post(
-                    "/v1/readings", content=body, headers={"content-type": "application/x-ndjson"}
-                )
-            except httpx.TransportError as error:
-                problem = repr(error)
-            else:
-                # 202: taken (bad lines went to the DLQ); 400: every line was bad, which is
-                # the DLQ's business too. Both mean ingest has the batch.
-                if response.status_code in (202, 400):
-                    return True
-                problem = f"HTTP {response.status_code}: {response.text[:200]}"
-                if response.status_code < 500 and response.status_code != 429:
-                    break  # our request is wrong; sending it again will not help
-            if delay is None or self._stop.is_set():
-                break
-            await asyncio.sleep(delay)
-        log.warning("HTTP batch not delivered", url=f"{self.base_url}/v1/readings", error=problem)
-        return False
+        try:
+            async for attempt in retrying(
+                attempts=HTTP_ATTEMPTS,
+                initial_s=HTTP_RETRY_INITIAL_S,
+                max_wait_s=HTTP_RETRY_MAX_WAIT_S,
+                name="http_post",
+                stop=self._stop,
+            ):
+                with attempt:
+                    await self._post_once(body)
+        except (IngestBusy, IngestRefused, Stopped) as error:
+            log.warning(
+                "HTTP batch not delivered", url=f"{self.base_url}/v1/readings", error=str(error)
+            )
+            return False
+        return True
+
+    async def _post_once(self, body: bytes) -> None:
+        """One POST; IngestBusy when sending again later may work, IngestRefused when not."""
+        try:
+            response = await self._client.post(
+                "/v1/readings", content=body, headers={"content-type": "application/x-ndjson"}
+            )
+        except httpx.TransportError as error:
+            raise IngestBusy(repr(error)) from error
+        # 202: taken (bad lines went to the DLQ); 400: every line was bad, which is the DLQ's
+        # business too. Both mean ingest has the batch.
+        if response.status_code in (202, 400):
+            return
+        problem = f"HTTP {response.status_code}: {response.text[:200]}"
+        if response.status_code >= 500 or response.status_code == 429:
+            raise IngestBusy(problem)
+        raise IngestRefused(problem)  # our request is wrong; sending it again will not help
 
     async def close(self) -> None:
         await self._client.aclose()

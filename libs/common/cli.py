@@ -2,13 +2,15 @@
 
 ``--help`` lists a service's settings with their environment variables and defaults, from the
 settings classes themselves; ``python -m libs.common.cli --markdown`` writes docs/settings.md and
-``--env-example`` writes .env.example from the same listing.
+``--env-example`` writes .env.example from the same listing; ``--reading-schema`` writes
+docs/reading.schema.json from the reading's model.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
@@ -140,10 +142,23 @@ def env_example() -> str:
     return "\n".join(lines) + "\n"
 
 
+def reading_schema() -> str:
+    """docs/reading.schema.json: a reading's JSON Schema (libs.common.models.RawReading)."""
+    from libs.common.models import reading_json_schema
+
+    return json.dumps(reading_json_schema(), indent=2) + "\n"
+
+
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(description="Write the settings reference to stdout.")
+    _parser = argparse.ArgumentParser(description="Write a generated reference file to stdout.")
     _which = _parser.add_mutually_exclusive_group(required=True)
     _which.add_argument("--markdown", action="store_true", help="docs/settings.md")
     _which.add_argument("--env-example", action="store_true", help=".env.example")
+    _which.add_argument("--reading-schema", action="store_true", help="docs/reading.schema.json")
     _args = _parser.parse_args()
-    sys.stdout.write(settings_markdown() if _args.markdown else env_example())
+    if _args.markdown:
+        sys.stdout.write(settings_markdown())
+    elif _args.env_example:
+        sys.stdout.write(env_example())
+    else:
+        sys.stdout.write(reading_schema())

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from typing import Any, Literal
 
 import orjson
 import uvicorn
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
 from libs.common import metrics
+from libs.common.version import __version__
 
 
 def json_response(
@@ -45,24 +48,56 @@ class Readiness:
         metrics.READY.labels(self.stage).set(1 if self.ready else 0)
 
 
+class Alive(BaseModel):
+    status: Literal["alive"]
+    stage: str
+
+
+class Ready(BaseModel):
+    ready: bool
+    checks: dict[str, bool] = Field(
+        description="Each condition the service needs, and if it holds."
+    )
+
+
+_PROMETHEUS_TEXT: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Prometheus text exposition format.",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
+
+
 def health_app(readiness: Readiness, app: FastAPI | None = None) -> FastAPI:
     """Add the three operational routes to `app` (a new one when None)."""
-    app = app or FastAPI(title=f"sensor pipeline: {readiness.stage}", docs_url=None)
+    app = app or FastAPI(
+        title=f"sensor pipeline: {readiness.stage}", version=__version__, docs_url=None
+    )
 
-    @app.get("/healthz", include_in_schema=False)
+    @app.get("/healthz", response_class=Response, responses={200: {"model": Alive}})
     async def healthz() -> Response:
+        """Alive: the process answers."""
         return json_response({"status": "alive", "stage": readiness.stage})
 
-    @app.get("/readyz", include_in_schema=False)
+    @app.get(
+        "/readyz",
+        response_class=Response,
+        responses={
+            200: {"model": Ready, "description": "Every condition holds."},
+            503: {"model": Ready, "description": "Not ready: see which check is false."},
+        },
+    )
     async def readyz() -> Response:
+        """Ready: connected to everything the service needs."""
         checks = readiness.snapshot()
         return json_response(
             {"ready": readiness.ready, "checks": checks},
             status_code=200 if readiness.ready else 503,
         )
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", response_class=Response, responses=_PROMETHEUS_TEXT)
     async def prometheus_metrics() -> Response:
+        """The service's metrics (libs/common/metrics.py)."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

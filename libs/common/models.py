@@ -40,23 +40,54 @@ MEASUREMENTS = ("temperature", "humidity", "pressure")
 
 
 class Location(BaseModel):
+    """Where the device is, in WGS84 degrees."""
+
     latitude: float = Field(ge=-90, le=90)
     longitude: float = Field(ge=-180, le=180)
 
 
+# Also the published JSON Schema of a reading: ingest's OpenAPI document and
+# docs/reading.schema.json (python -m libs.common.cli --reading-schema). Ingest checks only that
+# a reading is an object with a device_id; validate checks the rest and dead-letters what breaks.
 class RawReading(BaseModel):
     """A reading as a device sends it (topic sensor-data carries these bytes as received)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "device_id": "dev-001",
+                    "timestamp": "2026-11-27T05:00:00Z",
+                    "temperature": 21.5,
+                    "humidity": 40.2,
+                    "pressure": 1013.2,
+                    "location": {"latitude": 52.52, "longitude": 13.40},
+                }
+            ]
+        },
+    )
 
-    device_id: str = Field(min_length=1)
-    timestamp: str | float | int
-    temperature: float | None = None
-    humidity: float | None = None
-    pressure: float | None = None
+    # Not blank: ingest refuses a device_id of only whitespace (intake.check_object).
+    device_id: str = Field(min_length=1, pattern=r"\S", description="The device's own id.")
+    timestamp: str | float | int = Field(
+        description="ISO 8601 text with an offset, or epoch seconds or milliseconds."
+    )
+    temperature: float | None = Field(default=None, description="Degrees Celsius.")
+    humidity: float | None = Field(default=None, description="% relative humidity.")
+    pressure: float | None = Field(default=None, description="hPa.")
     location: Location | None = None
-    message_id: str | None = None
+    message_id: str | None = Field(
+        default=None, description="Assigned by the device, unique per device."
+    )
     schema_version: str | int | None = None
+
+
+def reading_json_schema() -> dict[str, Any]:
+    """RawReading's JSON Schema as published in docs/reading.schema.json."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema"
+    } | RawReading.model_json_schema()
 
 
 class Lineage(BaseModel):

@@ -12,7 +12,6 @@ committed records only), so the next owner of the partition redoes exactly the u
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from libs.common.health import Readiness
 from libs.common.kafka import Outgoing, encode_json, send_records
 from libs.common.lifecycle import sleep_or_stop
 from libs.common.models import Stage, dead_letter
+from libs.common.retry import backoff_s, log_retry
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +67,7 @@ class RunnerConfig:
     # After the first records of a batch, keep polling until max_records or this long has
     # passed: fewer, larger transactions (and database writes) under load.
     batch_max_wait_ms: int = 0
+    # The wait before a failed batch is tried again: doubling from the first to the longest.
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 10.0
     # A batch failing this many times for a reason that is not an outage is searched for the
@@ -301,6 +302,11 @@ class StageRunner:
     async def _rewind(self, batches: Batches, error: PipelineError, stop: asyncio.Event) -> None:
         # Nothing of this batch is committed: seek back and fetch it again after a pause, so
         # the consumer keeps polling (and stays in its group) while the outage lasts.
+        # This is the one retry that does not go through tenacity (libs/common/retry.py): a
+        # retry must return to `run`, which polls again (the group's max.poll.interval),
+        # renews the producer and may get other partitions after a rebalance, so no single
+        # call can be wrapped. It waits and logs with the same pieces (`backoff_s`,
+        # `log_retry`) as every other retry.
         self._outages += 1
         self.readiness.set("pipeline", False)
         metrics.RETRIES.labels(self.config.stage, "batch").inc()
@@ -308,16 +314,13 @@ class StageRunner:
             metrics.ERRORS.labels(self.config.stage, error.error_type).inc()
         for tp, records in batches.items():
             self.consumer.seek(tp, records[0].offset)
-        delay = min(
-            self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (self._outages - 1)
-        )
-        delay += random.uniform(0, self.config.backoff_initial_s)
-        log.warning(
-            "batch failed, will retry",
-            error=str(error),
+        delay = backoff_s(self._outages, self.config.backoff_initial_s, self.config.backoff_max_s)
+        log_retry(
+            "batch",
+            self._outages,
+            delay,
+            error,
             error_type=error.error_type,
-            attempt=self._outages,
-            sleep_s=round(delay, 2),
             partitions={f"{tp.topic}[{tp.partition}]": rs[0].offset for tp, rs in batches.items()},
         )
         await sleep_or_stop(stop, delay)

@@ -14,8 +14,7 @@ from aiokafka.errors import KafkaError
 from libs.common.errors import BrokerUnavailable
 from libs.common.health import Readiness, health_app, serve_http
 from libs.common.kafka import make_consumer, make_producer
-from libs.common.lifecycle import sleep_or_stop
-from libs.common.retry import call_with_retry
+from libs.common.retry import call_with_retry, until_stopped
 from libs.common.runner import RunnerConfig, StageRunner, Step
 from libs.common.settings import ConsumerSettings, PipelineSettings
 
@@ -23,6 +22,7 @@ log = structlog.get_logger(__name__)
 
 # At start-up a stage waits this long for Kafka before it gives up and exits non-zero.
 STARTUP_WAIT_S = 600.0
+RENEW_RETRY_MIN_S = 0.2
 
 
 async def start_kafka_client(client: AIOKafkaProducer | AIOKafkaConsumer, what: str) -> None:
@@ -32,7 +32,7 @@ async def start_kafka_client(client: AIOKafkaProducer | AIOKafkaConsumer, what: 
         except KafkaError as error:
             raise BrokerUnavailable(f"{what}: {error!r}") from error
 
-    await call_with_retry(_start, STARTUP_WAIT_S)
+    await call_with_retry(_start, STARTUP_WAIT_S, name=f"start {what}")
 
 
 async def close_quietly(closing: Awaitable[None], what: str, timeout_s: float) -> None:
@@ -95,26 +95,30 @@ class RenewableProducer:
             if seen_generation is not None and seen_generation != self.generation:
                 return self.producer
             await close_quietly(self.producer.stop(), "producer", self.settings.shutdown_timeout_s)
-            delay = 0.2
-            while not stop.is_set():
-                producer = make_producer(self.settings, **self.overrides)
-                try:
-                    await producer.start()
-                except KafkaError as error:
-                    log.warning(
-                        "Kafka still away, new producer not started",
-                        error=repr(error),
-                        sleep_s=delay,
-                    )
-                    await close_quietly(producer.stop(), "producer", 5)
-                    await sleep_or_stop(stop, delay)
-                    delay = min(delay * 2, self.settings.retry_max_wait_s)
-                    continue
-                self.producer = producer
-                self.generation += 1
-                log.info("producer renewed", generation=self.generation)
-                return producer
-            return None
+            if stop.is_set():
+                return None
+            producer = await until_stopped(
+                self._start_new,
+                stop,
+                name="producer_renew",
+                initial_s=RENEW_RETRY_MIN_S,
+                max_wait_s=self.settings.retry_max_wait_s,
+            )
+            if producer is None:
+                return None
+            self.producer = producer
+            self.generation += 1
+            log.info("producer renewed", generation=self.generation)
+            return producer
+
+    async def _start_new(self) -> AIOKafkaProducer:
+        producer = make_producer(self.settings, **self.overrides)
+        try:
+            await producer.start()
+        except KafkaError as error:
+            await close_quietly(producer.stop(), "producer", 5)
+            raise BrokerUnavailable(f"new producer not started: {error!r}") from error
+        return producer
 
     async def stop(self) -> None:
         # stop() flushes what is still queued before it returns.

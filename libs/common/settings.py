@@ -51,8 +51,10 @@ class PipelineSettings(BaseSettings):
     consumer_max_records: int = Field(default=2000, ge=1, le=100_000)
     consumer_poll_timeout_ms: int = Field(default=200, ge=1, le=10_000)
 
-    # A transient failure (broker, database) is retried this long before the stage gives up
-    # on the batch, seeks back and tries it again from the start; nothing is committed before.
+    # The longest single wait between two attempts after a transient failure (broker,
+    # database): a failed batch's rewind, a producer renewal, ingest's hand-over to Kafka. The
+    # waits double up to it (with jitter) and the retries go on until they succeed or the
+    # service is stopped; nothing of a batch is committed before.
     retry_max_wait_s: float = Field(default=10.0, gt=0)
     shutdown_timeout_s: float = Field(default=20.0, gt=0)
 

@@ -49,9 +49,11 @@ async def run(settings: EnrichSettings, stop: asyncio.Event) -> None:
     readiness = Readiness(settings.service_name, "kafka", "database", "pipeline")
     # The place dataset takes a moment to load: do it before the first batch, not during it.
     await asyncio.to_thread(geo.preload)
-    pool = await call_with_retry(lambda: create_pool(settings, size=2), STARTUP_WAIT_S)
+    pool = await call_with_retry(
+        lambda: create_pool(settings, size=2), STARTUP_WAIT_S, name="database_connect"
+    )
     registry = DeviceRegistry()
-    await call_with_retry(lambda: registry.load(pool), STARTUP_WAIT_S)
+    await call_with_retry(lambda: registry.load(pool), STARTUP_WAIT_S, name="registry_load")
     readiness.set("database", True)
     step = make_step(registry, settings.geohash_precision)
 

@@ -87,7 +87,11 @@ class Handover:
         if rejected:
             dead = [
                 dead_letter(
-                    r.error, stage=Stage.INGEST, payload=r.payload, trace_id=trace_id.decode()
+                    r.error,
+                    stage=Stage.INGEST,
+                    payload=r.payload,
+                    trace_id=trace_id.decode(),
+                    device_id=r.device_id,
                 )
                 for r, trace_id in zip(rejected, trace_ids(len(rejected)), strict=True)
             ]

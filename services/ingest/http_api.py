@@ -8,15 +8,17 @@ over `max_record_bytes` is one reject of the 202 answer, as over MQTT.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from libs.common import metrics
 from libs.common.errors import BodyTooLarge, BrokerUnavailable
 from libs.common.health import json_response
-from libs.common.models import Source, Stage
+from libs.common.models import RawReading, Source, Stage
+from libs.common.version import __version__
 from services.ingest.handover import Handover
 from services.ingest.intake import split_body
 from services.ingest.settings import IngestSettings
@@ -56,7 +58,89 @@ SettingsDep = Annotated[IngestSettings, Depends(get_settings)]
 router = APIRouter()
 
 
-@router.post("/v1/readings", status_code=202)
+# The answers' models, for the OpenAPI document: the handler writes the same fields as plain
+# dicts (orjson, no model instance per request).
+class Reject(BaseModel):
+    """One reading of the body that failed ingest's format checks; it went to the DLQ."""
+
+    index: int = Field(
+        ge=0, description="Its place in the body: array index, or NDJSON line (non-blank ones)."
+    )
+    # The RecordErrors that services.ingest.intake raises.
+    error_type: Literal["PayloadTooLarge", "NotJson", "NotAnObject", "MissingDeviceId"]
+    reasons: list[str]
+
+
+class ReadingsAnswer(BaseModel):
+    accepted: int = Field(ge=0, description="Readings Kafka acknowledged.")
+    rejected: list[Reject]
+
+
+class ErrorAnswer(BaseModel):
+    error: str
+
+
+_READING = {"$ref": "#/components/schemas/RawReading"}
+# POST /v1/readings reads its body itself (size limits, NDJSON), so FastAPI knows nothing of it:
+# the request is described here, the reading's schema comes from RawReading (_openapi).
+_READINGS_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            "One reading, a JSON array of readings, or NDJSON (one reading a line); ingest "
+            "tells them apart by the body, not by Content-Type. Ingest checks only that each "
+            "reading is a JSON object with a device_id; the rest of the schema is validate's, "
+            "and a reading that breaks it goes to the DLQ, not back to you."
+        ),
+        "content": {
+            "application/json": {
+                "schema": {"oneOf": [_READING, {"type": "array", "items": _READING}]}
+            },
+            # No schema language describes a stream of lines: the readings as an array, each
+            # item one line of the body.
+            "application/x-ndjson": {"schema": {"type": "array", "items": _READING}},
+        },
+    }
+}
+_READINGS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": ReadingsAnswer,
+        "description": "Kafka has every accepted reading; each reject is in the DLQ (an "
+        "empty array accepts nothing, and is a 202 too).",
+    },
+    400: {
+        "model": ReadingsAnswer,
+        "description": "Not one usable reading: every record was rejected, or the body is not "
+        "JSON (an empty body neither). The rejects are in the DLQ.",
+    },
+    413: {
+        "model": ErrorAnswer,
+        "description": "The body is over MAX_BODY_BYTES; nothing was accepted. A reading over "
+        "MAX_RECORD_BYTES is a PayloadTooLarge reject instead.",
+    },
+    503: {
+        "model": ErrorAnswer,
+        "description": "Kafka is unavailable, or too many requests are in flight; nothing was "
+        "accepted: send again after Retry-After.",
+        "headers": {
+            "Retry-After": {
+                "description": f"Seconds to wait: {RETRY_AFTER_KAFKA_S} when Kafka is away, "
+                f"{RETRY_AFTER_BUSY_S} when busy.",
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        },
+    },
+}
+
+
+@router.post(
+    "/v1/readings",
+    status_code=202,
+    summary="Send readings",
+    response_class=Response,
+    responses=_READINGS_RESPONSES,
+    openapi_extra=_READINGS_BODY,
+)
 async def post_readings(request: Request, handover: HandoverDep, settings: SettingsDep) -> Response:
     max_body_bytes = settings.max_body_bytes
     try:
@@ -126,9 +210,35 @@ class ConcurrencyLimit:
 
 
 def ingest_app(handover: Handover, settings: IngestSettings) -> FastAPI:
-    app = FastAPI(title="sensor pipeline: ingest", docs_url="/docs")
+    app = FastAPI(
+        title="sensor pipeline: ingest",
+        version=__version__,
+        description="Readings over HTTP, handed to Kafka (docs/api.md).",
+        docs_url="/docs",
+    )
     app.state.handover = handover
     app.state.settings = settings
     app.include_router(router)
     app.add_middleware(ConcurrencyLimit, limit=settings.http_max_concurrency)
+    _openapi(app)
     return app
+
+
+def reading_components() -> dict[str, Any]:
+    """RawReading's JSON Schema and the models it refers to, as OpenAPI components."""
+    schema = RawReading.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {**schema.pop("$defs", {}), "RawReading": schema}
+
+
+def _openapi(app: FastAPI) -> None:
+    """The app's document plus the reading's schema, which no route declares."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = FastAPI.openapi(app)
+            document.setdefault("components", {}).setdefault("schemas", {}).update(
+                reading_components()
+            )
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]

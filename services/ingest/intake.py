@@ -26,17 +26,35 @@ MAX_RECORD_BYTES = 256 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """A record that failed the format checks: its bytes as received, and why."""
+    """A record that failed the format checks: its bytes as received, and why; the device
+    that sent it when the transport says (an MQTT topic names it)."""
 
     index: int
     payload: bytes
     error: RecordError
+    device_id: str | None = None
 
     @classmethod
-    def of(cls, index: int, payload: bytes, error: RecordError, max_record_bytes: int) -> Rejected:
+    def of(
+        cls,
+        index: int,
+        payload: bytes,
+        error: RecordError,
+        max_record_bytes: int,
+        device_id: str | None = None,
+    ) -> Rejected:
         """A reject whose kept bytes fit in one Kafka record: an over-size one keeps its first
         `max_record_bytes` (the whole of it could not be written to the DLQ at all)."""
-        return cls(index, payload[:max_record_bytes], error)
+        return cls(index, payload[:max_record_bytes], error, device_id)
+
+
+def device_of_topic(topic: str) -> str | None:
+    """The device of an MQTT topic `sensors/<device_id>/readings` (where devices publish, by
+    the contract); None for any other topic."""
+    parts = topic.split("/")
+    if len(parts) == 3 and parts[0] == "sensors" and parts[2] == "readings" and parts[1]:
+        return parts[1]
+    return None
 
 
 def check_size(payload: bytes, max_record_bytes: int) -> None:

@@ -1,29 +1,28 @@
 """The MQTT side of ingest: a shared QoS 1 subscription, acknowledged only after Kafka has it.
 
-Messages are taken in batches (up to `mqtt_batch_max`, or what arrived within `max_wait_s`) so
-one Kafka round trip covers many readings; a few batches are handed over at the same time, and
-each message is acknowledged to the broker only after its batch was handed over, in the order
-the messages came.
+Messages are taken in batches (up to `max_records`, or what arrived within `batch_max_wait_ms`
+after the first, as the runner polls) so one Kafka round trip covers many readings; up to
+`mqtt_max_concurrency` batches are handed over at the same time, and each message is
+acknowledged to the broker only after its batch was handed over, in the order the messages came.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import structlog
 
 from libs.common import metrics
-from libs.common.errors import MqttUnavailable, PipelineError, RecordError
+from libs.common.errors import MqttUnavailable, RecordError
 from libs.common.health import Readiness
 from libs.common.kafka import Outgoing
 from libs.common.lifecycle import sleep_or_stop
 from libs.common.models import Source, Stage
+from libs.common.retry import until_stopped
 from services.ingest.handover import Handover
-from services.ingest.intake import Rejected, check_message
+from services.ingest.intake import Rejected, check_message, device_of_topic
 from services.ingest.mqtt_client import Delivery, MqttSession
 from services.ingest.settings import IngestSettings
 
@@ -34,6 +33,7 @@ _STAGE = Stage.INGEST.value
 # while no replica is connected, so readings published during a restart are not lost.
 SESSION_EXPIRY_S = 7 * 24 * 3600
 RECONNECT_MIN_S = 0.1
+HANDOVER_RETRY_MIN_S = 0.2
 
 
 class MqttIngest:
@@ -43,13 +43,13 @@ class MqttIngest:
         handover: Handover,
         readiness: Readiness,
         *,
-        max_wait_s: float = 0.005,
+        batch_max_wait_ms: int = 5,
     ) -> None:
         self.settings = settings
         self.handover = handover
         self.readiness = readiness
-        self.max_batch = settings.mqtt_batch_max
-        self.max_wait_s = max_wait_s
+        self.max_records = settings.mqtt_max_records
+        self.batch_max_wait_ms = batch_max_wait_ms
 
     def _session(self) -> MqttSession:
         url = urlsplit(self.settings.mqtt_url)
@@ -63,30 +63,40 @@ class MqttIngest:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stay subscribed until `stop`, reconnecting with backoff when the broker goes away."""
-        delay = RECONNECT_MIN_S
         while not stop.is_set():
-            session = self._session()
-            try:
-                await session.open(self.settings.mqtt_topic)
-            except MqttUnavailable as error:
-                await session.close()
-                self.readiness.set("mqtt", False)
-                log.warning("MQTT broker unavailable", error=str(error), sleep_s=delay)
-                await sleep_or_stop(stop, delay)
-                delay = min(delay * 2, self.settings.mqtt_reconnect_max_s)
-                continue
+            session = await until_stopped(
+                self._open,
+                stop,
+                name="mqtt_connect",
+                initial_s=RECONNECT_MIN_S,
+                max_wait_s=self.settings.mqtt_reconnect_max_s,
+            )
+            if session is None:
+                break
             self.readiness.set("mqtt", True)
             log.info("subscribed", topic=self.settings.mqtt_topic)
-            delay = RECONNECT_MIN_S
             try:
                 await self._consume(session, stop)
             finally:
                 await session.close()
             if not stop.is_set():
                 self.readiness.set("mqtt", False)
-                log.warning("MQTT connection lost, reconnecting", sleep_s=delay)
-                await sleep_or_stop(stop, delay)
+                log.warning("MQTT connection lost, reconnecting", sleep_s=RECONNECT_MIN_S)
+                # A pause even though the broker answered last time: a connection that is
+                # dropped at once (another client with our id) must not reconnect in a spin.
+                await sleep_or_stop(stop, RECONNECT_MIN_S)
         self.readiness.set("mqtt", False)
+
+    async def _open(self) -> MqttSession:
+        """A subscribed session; raises MqttUnavailable (not ready meanwhile)."""
+        session = self._session()
+        try:
+            await session.open(self.settings.mqtt_topic)
+        except MqttUnavailable:
+            await session.close()
+            self.readiness.set("mqtt", False)
+            raise
+        return session
 
     async def _consume(self, session: MqttSession, stop: asyncio.Event) -> None:
         """Take batches until stopped or the connection is lost; return once every batch taken
@@ -97,7 +107,9 @@ class MqttIngest:
         try:
             while not stop.is_set() and not session.lost.is_set():
                 # Cancelling a take is safe: it removes messages only after its last await.
-                taking = asyncio.create_task(session.take(self.max_batch, self.max_wait_s))
+                taking = asyncio.create_task(
+                    session.take(self.max_records, self.batch_max_wait_ms / 1000)
+                )
                 await asyncio.wait({taking, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 if not taking.done():
                     taking.cancel()
@@ -107,7 +119,7 @@ class MqttIngest:
                 batch = taking.result()
                 if not batch:
                     break
-                while len(in_flight) >= self.settings.mqtt_handovers_in_flight:
+                while len(in_flight) >= self.settings.mqtt_max_concurrency:
                     done, in_flight = await asyncio.wait(
                         in_flight, return_when=asyncio.FIRST_COMPLETED
                     )
@@ -138,10 +150,11 @@ class MqttIngest:
             try:
                 accepted.append(check_message(payload, limit))
             except RecordError as error:
-                rejected.append(Rejected.of(index, payload, error, limit))
+                # The topic names the device even when the payload cannot say.
+                device_id = device_of_topic(message.topic)
+                rejected.append(Rejected.of(index, payload, error, limit, device_id))
         metrics.MESSAGES_IN.labels(_STAGE).inc(len(batch))
-        send = functools.partial(self.handover.send, accepted, rejected, Source.MQTT)
-        if not await _until_handed_over(send, stop):
+        if not await self._until_handed_over(accepted, rejected, stop):
             # Stopping while Kafka is away: unacknowledged, the broker keeps these messages in
             # our session and sends them again when a replica with our client id connects.
             log.info("stopping with an MQTT batch not handed over", messages=len(batch))
@@ -156,24 +169,25 @@ class MqttIngest:
         if rejected:
             metrics.REQUESTS.labels(_STAGE, "mqtt", "rejected").inc(len(rejected))
 
+    async def _until_handed_over(
+        self, accepted: list[Outgoing], rejected: list[Rejected], stop: asyncio.Event
+    ) -> bool:
+        """Keep trying while Kafka is away; False when told to stop before it worked.
 
-async def _until_handed_over(send: Callable[[], Awaitable[None]], stop: asyncio.Event) -> bool:
-    """Keep trying while Kafka is away; False when told to stop before it worked.
+        A live MQTT connection gets nothing re-sent until it reconnects, so giving up on the
+        batch here would leave it stuck in our session: waiting is the only good answer.
+        """
 
-    A live MQTT connection gets nothing re-sent until it reconnects, so giving up on the batch
-    here would leave it stuck in our session: waiting is the only good answer.
-    """
-    delay = 0.2
-    while True:
-        try:
-            await send()
+        async def send() -> bool:
+            await self.handover.send(accepted, rejected, Source.MQTT)
             return True
-        except PipelineError as error:
-            if not error.retriable:
-                raise
-            metrics.RETRIES.labels(_STAGE, "handover").inc()
-            log.warning("Kafka unavailable, holding MQTT batch", error=str(error), sleep_s=delay)
-            await sleep_or_stop(stop, delay)
-            if stop.is_set():
-                return False
-            delay = min(delay * 2, 10.0)
+
+        handed_over = await until_stopped(
+            send,
+            stop,
+            name="handover",
+            initial_s=HANDOVER_RETRY_MIN_S,
+            max_wait_s=self.settings.retry_max_wait_s,
+            stage=_STAGE,
+        )
+        return handed_over is not None

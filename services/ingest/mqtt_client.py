@@ -49,6 +49,8 @@ class Delivery:
     payload: bytes
     # The broker's packet id; None for QoS 0 (nothing to acknowledge).
     mid: int | None
+    # The topic it was published to ("" when not UTF-8): names the device that sent it.
+    topic: str = ""
 
 
 class _Client(gmqtt.Client):
@@ -127,8 +129,9 @@ class MqttSession:
         self._client.on_subscribe = self._on_subscribe
 
     # gmqtt's callbacks (plain functions: see the module docstring)
-    def _on_qos1(self, mid: int, payload: bytes, _topic: str, _properties: Any) -> None:
-        self._pending.append(Delivery(payload, mid))
+    def _on_qos1(self, mid: int, payload: bytes, topic: str | bytes, _properties: Any) -> None:
+        # gmqtt passes the topic's bytes when they are not UTF-8.
+        self._pending.append(Delivery(payload, mid, topic if isinstance(topic, str) else ""))
         self._arrived.set()
         if self._flow_control and len(self._pending) >= self._high_water:
             if not self._reading_paused:
@@ -153,10 +156,10 @@ class MqttSession:
         self._reading_paused = pause
 
     def _on_message(
-        self, _client: Any, _topic: str, payload: bytes, _qos: int, _properties: Any
+        self, _client: Any, topic: str | bytes, payload: bytes, _qos: int, _properties: Any
     ) -> None:
         # QoS 0 only (QoS 1 goes through _on_qos1; we subscribe with at most QoS 1).
-        self._pending.append(Delivery(payload, None))
+        self._pending.append(Delivery(payload, None, topic if isinstance(topic, str) else ""))
         self._arrived.set()
 
     def _on_disconnect(self, _client: Any, _packet: Any, exc: Any = None) -> None:

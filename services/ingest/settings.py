@@ -23,9 +23,10 @@ class IngestSettings(PipelineSettings):
     # Unacknowledged QoS 1 messages the broker may have in flight to us (MQTT v5 Receive
     # Maximum): the bound on what MQTT holds in our memory, and our backpressure.
     mqtt_receive_maximum: int = Field(default=2000, ge=1, le=65535)
-    # Messages handed to Kafka in one go, and batches handed over at the same time.
-    mqtt_batch_max: int = Field(default=500, ge=1)
-    mqtt_handovers_in_flight: int = Field(default=4, ge=1)
+    # Messages handed to Kafka in one go (the runner's CONSUMER_MAX_RECORDS), and batches
+    # handed over at the same time (as HTTP_MAX_CONCURRENCY bounds requests).
+    mqtt_max_records: int = Field(default=500, ge=1)
+    mqtt_max_concurrency: int = Field(default=4, ge=1)
     # Reconnect backoff cap. Short on purpose: Mosquitto 2.0 does not keep shared
     # subscriptions across its own restart, so until we subscribe again, readings published
     # to it reach no one (docs/reliability.md).

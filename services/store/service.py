@@ -116,6 +116,7 @@ async def run(settings: StoreSettings, stop: asyncio.Event) -> None:
     pool = await call_with_retry(
         lambda: create_pool(settings, size=settings.db_pool_size, init=prepare_connection),
         STARTUP_WAIT_S,
+        name="database_connect",
     )
     readiness.set("database", True)
     store = Store(pool, settings, readiness)

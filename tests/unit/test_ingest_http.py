@@ -20,7 +20,7 @@ from libs.common.kafka import Outgoing
 from libs.common.metrics import sample_sum
 from libs.common.models import Source
 from services.ingest.handover import Handover
-from services.ingest.http_api import ingest_app
+from services.ingest.http_api import ErrorAnswer, ReadingsAnswer, ingest_app
 from services.ingest.intake import Rejected
 from services.ingest.settings import IngestSettings
 
@@ -140,6 +140,35 @@ async def test_a_body_over_the_whole_body_limit_is_still_413(
     answer = await client.post("/v1/readings", content=b"x" * 5000)
     assert answer.status_code == 413
     assert handover.sent == []
+
+
+async def test_the_answers_are_the_documented_models_with_every_reject_type(
+    client: httpx.AsyncClient,
+) -> None:
+    mixed = b"\n".join(
+        [
+            b'{"device_id": "a", "timestamp": 1}',
+            b"{broken",
+            b"[1]",
+            b'{"device_id": " "}',
+            b'{"device_id": "b", "note": "' + b"x" * 2000 + b'"}',
+        ]
+    )
+    answer = await client.post("/v1/readings", content=mixed)
+    assert answer.status_code == 202
+    body = ReadingsAnswer.model_validate_json(answer.content, strict=True)
+    assert body.accepted == 1
+    assert [(r.index, r.error_type) for r in body.rejected] == [
+        (1, "NotJson"),
+        (2, "NotAnObject"),
+        (3, "MissingDeviceId"),
+        (4, "PayloadTooLarge"),
+    ]
+    nothing_usable = await client.post("/v1/readings", content=b"not json")
+    assert nothing_usable.status_code == 400
+    ReadingsAnswer.model_validate_json(nothing_usable.content, strict=True)
+    too_large = await client.post("/v1/readings", content=b"x" * 5000)
+    ErrorAnswer.model_validate_json(too_large.content, strict=True)
 
 
 def test_mqtts_is_refused_until_the_client_speaks_tls() -> None:

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from libs.common.errors import MissingDeviceId, NotAnObject, NotJson, PayloadTooLarge
-from services.ingest.intake import check_message, split_body
+from services.ingest.intake import check_message, device_of_topic, split_body
 
 
 def test_an_mqtt_message_is_passed_on_unchanged_keyed_by_device() -> None:
@@ -104,3 +104,18 @@ def test_a_body_of_many_small_readings_is_not_held_to_the_record_limit() -> None
     assert len(body) > LIMIT
     accepted, rejected = split_body(body, LIMIT)
     assert len(accepted) == 100 and rejected == []
+
+
+@pytest.mark.parametrize(
+    ("topic", "device"),
+    [
+        ("sensors/dev-001/readings", "dev-001"),
+        ("sensors//readings", None),
+        ("sensors/dev-001/status", None),
+        ("other/dev-001/readings", None),
+        ("sensors/a/b/readings", None),
+        ("", None),
+    ],
+)
+def test_the_device_is_named_by_the_topic_devices_publish_to(topic: str, device: str | None):
+    assert device_of_topic(topic) == device

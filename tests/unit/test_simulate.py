@@ -389,8 +389,14 @@ async def test_simulate_sends_exactly_count_readings_and_counts_what_ingest_rece
     assert counts.mqtt.sent == 0 and counts.failed == 0
 
 
+def _fast_retries(monkeypatch: pytest.MonkeyPatch, attempts: int = 2) -> None:
+    monkeypatch.setattr(sim, "HTTP_ATTEMPTS", attempts)
+    monkeypatch.setattr(sim, "HTTP_RETRY_INITIAL_S", 0.001)
+    monkeypatch.setattr(sim, "HTTP_RETRY_MAX_WAIT_S", 0.002)
+
+
 async def test_simulate_counts_batches_ingest_refused_as_failed_not_sent(monkeypatch):
-    monkeypatch.setattr(sim, "HTTP_RETRY_DELAYS_S", (0.0,))
+    _fast_retries(monkeypatch)
     ingest = FakeIngest(status=503)
     counts = await sim.simulate(
         _http_config(count=300),
@@ -429,3 +435,39 @@ def test_the_command_line_reads_flags_into_the_config():
     assert config.duration_s is None
     with pytest.raises(SystemExit):
         sim.parse_args(["--bad-share", "0.9", "--late-share", "0.5"])
+
+
+async def _post_answered(
+    monkeypatch: pytest.MonkeyPatch, answers: list[int | Exception]
+) -> tuple[bool, int]:
+    """What `HttpSender._post` makes of ingest answering `answers` in turn (the last one
+    again when they run out): delivered or not, and how many requests it sent."""
+    _fast_retries(monkeypatch, attempts=4)
+    sent: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = answers[min(len(sent), len(answers) - 1)]
+        sent.append(1)
+        if isinstance(answer, Exception):
+            raise answer
+        return httpx.Response(answer, json={})
+
+    sender = sim.HttpSender("http://ingest.test", asyncio.Event(), httpx.MockTransport(handler))
+    try:
+        delivered = await sender._post(b"{}\n")
+    finally:
+        await sender.close()
+    return delivered, len(sent)
+
+
+async def test_an_http_batch_is_sent_again_after_5xx_429_and_a_lost_connection(monkeypatch):
+    lost = httpx.ConnectError("connection refused")
+    assert await _post_answered(monkeypatch, [503, 429, lost, 202]) == (True, 4)
+
+
+async def test_an_http_batch_ingest_keeps_failing_is_given_up_after_its_attempts(monkeypatch):
+    assert await _post_answered(monkeypatch, [500]) == (False, 4)
+
+
+async def test_an_http_batch_refused_with_a_4xx_is_not_sent_again(monkeypatch):
+    assert await _post_answered(monkeypatch, [404, 202]) == (False, 1)
