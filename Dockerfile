@@ -6,7 +6,10 @@
 #
 #   docker build -t sensor-pipeline:dev .
 
-ARG PYTHON_IMAGE=python:3.11-slim
+# An exact patch release on an exact Debian: an image built next month starts from the same
+# Python. Moving it is an edit here (the major.minor is pyproject's requires-python, checked by
+# tests/unit/test_deploy_consistency.py).
+ARG PYTHON_IMAGE=python:3.11.17-slim-bookworm
 
 # --- build: install the project and its dependencies into a virtualenv -------------------------
 FROM ${PYTHON_IMAGE} AS build
@@ -19,15 +22,34 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-# README.m[d]: the readme of pyproject.toml, copied when present (a glob may match nothing).
-COPY pyproject.toml README.m[d] ./
+# The dependencies first, exactly as locked (versions and hashes: `make lock`), in a layer of
+# their own that a code change does not rebuild.
+COPY requirements/runtime.lock ./requirements/
+RUN pip install --require-hashes -r requirements/runtime.lock
+# Then the project alone (--no-deps: nothing beyond the lock). README.m[d]: the readme of
+# pyproject.toml, copied when present (a glob may match nothing); LICENSE and NOTICE are its
+# license-files, which the build needs.
+COPY pyproject.toml README.m[d] LICENSE NOTICE ./
 COPY libs ./libs
 COPY services ./services
 COPY tools ./tools
-RUN pip install .
+RUN pip install --no-deps .
 
 # --- runtime -----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
+
+# OCI annotations (https://specs.opencontainers.org/image-spec/annotations/): title, description,
+# licence and version are pyproject's (a test keeps them equal); where the source lives and
+# which commit was built are given by whoever builds and publishes the image:
+#   docker build --build-arg SOURCE_URL=<repository URL> --build-arg REVISION=$(git rev-parse HEAD) .
+ARG SOURCE_URL=""
+ARG REVISION=""
+LABEL org.opencontainers.image.title="sensor-pipeline" \
+      org.opencontainers.image.description="Sensor readings over MQTT/HTTP, validated, enriched and stored in TimescaleDB, stage by stage over Kafka." \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
+      org.opencontainers.image.revision="${REVISION}"
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -4,16 +4,36 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv up down status setup lint unit test run soak tools bench
+.PHONY: venv lock up down status setup lint unit test run soak tools bench
 
-$(STAMP): pyproject.toml
+# The exact packages (with their hashes) of pyproject's dependencies and of its [test] extra:
+# `make venv` and the Dockerfile install these, not whatever is newest that day.
+RUNTIME_LOCK := requirements/runtime.lock
+DEV_LOCK := requirements/dev.lock
+
+$(STAMP): pyproject.toml $(DEV_LOCK)
 	@test -x $(PY) || python3.11 -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -r $(DEV_LOCK)
+	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
-## The virtual environment in .venv with the project and its test tools.
+## The virtual environment in .venv with the project and its test tools, from the lock.
 venv: $(STAMP)
+
+# The lock is made by uv (in its own venv, not the project's), for CPython 3.11 on Linux x86-64.
+UV_VERSION := 0.13.9
+LOCK_VENV := .venv-lock
+UV := $(LOCK_VENV)/bin/uv
+LOCK_FLAGS := --python-version 3.11 --python-platform x86_64-unknown-linux-gnu --generate-hashes \
+	--custom-compile-command 'make lock' --quiet $(if $(UPGRADE),--upgrade)
+
+## Recompile the locks after editing pyproject's dependencies (needs PyPI). Pins stay where they
+## are unless they must move; `make lock UPGRADE=1` moves every pin to the newest allowed.
+lock:
+	@test -x $(UV) || { python3.11 -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install --quiet uv==$(UV_VERSION); }
+	$(UV) pip compile pyproject.toml $(LOCK_FLAGS) -o $(RUNTIME_LOCK)
+	$(UV) pip compile pyproject.toml --extra test -c $(RUNTIME_LOCK) $(LOCK_FLAGS) -o $(DEV_LOCK)
 
 ## Install (once, cached) and start Kafka, Mosquitto and PostgreSQL+TimescaleDB as local processes.
 up:
@@ -56,6 +76,7 @@ soak: venv up
 	FAULT_DURATION_S=300 FAULT_OUTAGE_S=60 $(PY) -m pytest tests/fault
 
 BENCH_STAMP := $(VENV)/.bench-installed
+# The bench extra is not locked: its peers (quixstreams) are measured at what is current.
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	@touch $(BENCH_STAMP)

@@ -5,16 +5,15 @@ Prometheus and Grafana provisioning are parsed (nothing is run) and compared wit
 classes: every environment variable they set is a field of the settings class of the process it
 reaches, ports and probes are the settings' defaults and those of docs/architecture.md, topic names
 and consumer groups are the defaults, Prometheus scrapes every stage where compose runs it,
-Grafana reads the database compose runs, and nothing is published beyond 127.0.0.1. The one
-thing run is deploy/local/stack.sh's rendering of the local Mosquitto config from compose's (into
-a temporary folder): it may change only the address and the paths.
+Grafana reads the database compose runs, nothing is published beyond 127.0.0.1, and the images
+compose pulls are exact releases, those of the local stack for Kafka, Mosquitto and TimescaleDB.
+The one thing run is deploy/local/stack.sh's rendering of the local Mosquitto config from
+compose's (into a temporary folder): it may change only the address and the paths.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.util
 import os
 import re
 import shlex
@@ -26,6 +25,8 @@ from urllib.parse import SplitResult, urlsplit
 
 import pytest
 import yaml
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
@@ -35,6 +36,7 @@ from services.ingest.settings import IngestSettings
 from services.store.settings import StoreSettings
 from services.validate.settings import ValidateSettings
 from tools.setup import SetupSettings
+from tools.simulate import SimulatorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -42,7 +44,8 @@ K8S_DIR = ROOT / "deploy" / "k8s"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
-STACK_SH = ROOT / "deploy" / "local" / "stack.sh"
+LOCAL_STACK = ROOT / "deploy" / "local"
+STACK_SH = LOCAL_STACK / "stack.sh"
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 
@@ -70,27 +73,11 @@ CONSUMER_STAGES = ("validate", "enrich", "store")
 TOPIC_VARS = ("TOPIC_RAW", "TOPIC_VALIDATED", "TOPIC_ENRICHED", "TOPIC_DLQ")
 
 
-def _simulator_settings() -> type[BaseSettings]:
-    """The settings class of tools.simulate once it exists; until then ingest's (same broker)."""
-    if importlib.util.find_spec("tools.simulate") is not None:
-        module = importlib.import_module("tools.simulate")
-        own = [
-            value
-            for value in vars(module).values()
-            if isinstance(value, type)
-            and issubclass(value, BaseSettings)
-            and value.__module__ == module.__name__
-        ]
-        if len(own) == 1:
-            return own[0]
-    return IngestSettings
-
-
 # The settings class of the process each compose service / k8s workload starts.
 SETTINGS_OF: dict[str, type[BaseSettings]] = {
     **STAGES,
     "setup": SetupSettings,
-    "simulator": _simulator_settings(),
+    "simulator": SimulatorSettings,
 }
 MODULE_OF = {
     **{name: f"services.{name}" for name in STAGES},
@@ -291,6 +278,95 @@ def test_compose_database_matches_the_default_database_url() -> None:
             url.path,
         ), name
         assert (used.hostname, used.port) == ("timescaledb", url.port), name
+
+
+def test_compose_simulator_posts_to_the_ingest_container_and_publishes_to_mosquitto() -> None:
+    settings = build_settings(SimulatorSettings, compose_env("simulator"))
+    assert isinstance(settings, SimulatorSettings)
+    http = urlsplit(settings.ingest_base_url())
+    assert (http.scheme, http.hostname, http.port) == ("http", "ingest", 8080)
+    assert http.port == int(compose_env("ingest")["HTTP_PORT"])
+    mqtt = urlsplit(settings.mqtt_url)
+    assert (mqtt.hostname, mqtt.port) == ("mosquitto", ARCHITECTURE_PORTS["mosquitto"])
+    assert set(compose_service("simulator")["depends_on"]) == {"ingest"}
+
+
+# --- the images of docker-compose.yml and the local stack ----------------------------------------
+
+
+def local_stack_scripts() -> str:
+    """deploy/local's shell scripts (stack.sh and the files it sources), as one text."""
+    return "\n".join(path.read_text() for path in sorted(LOCAL_STACK.glob("*.sh")))
+
+
+def local_stack_versions() -> dict[str, str]:
+    """The releases `make up` installs: Kafka's from its Maven pom, PostgreSQL's major from the
+    scripts' default, Mosquitto's and TimescaleDB's (Debian packages) from its README."""
+    pom = (LOCAL_STACK / "kafka" / "pom.xml").read_text()
+    stack = local_stack_scripts()
+    readme = (LOCAL_STACK / "README.md").read_text()
+    versions = {
+        "kafka": re.findall(r"<kafka\.version>([^<]+)</kafka\.version>", pom),
+        "pg_major": re.findall(r"^PG_MAJOR=\$\{PG_MAJOR:-(\d+)\}$", stack, re.MULTILINE),
+        "mosquitto": re.findall(r"^\| Mosquitto [^|]*\| (\d+\.\d+\.\d+) ", readme, re.MULTILINE),
+        "timescaledb": re.findall(
+            r"^\| PostgreSQL \+ TimescaleDB \| (\d+) \(Debian\) \+ (\d+\.\d+\.\d+) ",
+            readme,
+            re.MULTILINE,
+        ),
+    }
+    for name, found in versions.items():
+        assert len(found) == 1, (name, found)
+    [(readme_pg_major, timescaledb)] = versions["timescaledb"]
+    assert readme_pg_major == versions["pg_major"][0]
+    return {
+        "kafka": versions["kafka"][0],
+        "pg_major": versions["pg_major"][0],
+        "mosquitto": versions["mosquitto"][0],
+        "timescaledb": timescaledb,
+    }
+
+
+def test_compose_runs_the_infrastructure_releases_of_the_local_stack() -> None:
+    local = local_stack_versions()
+    assert local["kafka"] == "4.4.0" and local["pg_major"] == "15"
+    assert compose_service("kafka")["image"] == f"apache/kafka:{local['kafka']}"
+    assert compose_service("mosquitto")["image"] == f"eclipse-mosquitto:{local['mosquitto']}"
+    assert compose_service("timescaledb")["image"] == (
+        f"timescale/timescaledb:{local['timescaledb']}-pg{local['pg_major']}"
+    )
+
+
+def test_compose_pins_every_image_it_pulls_to_an_exact_release() -> None:
+    pulled = {
+        name: service["image"]
+        for name, service in compose()["services"].items()
+        if "build" not in service
+    }
+    assert set(pulled) == {"kafka", "mosquitto", "timescaledb", "prometheus", "grafana"}
+    for name, image in pulled.items():
+        _, _, tag = image.partition(":")
+        assert re.fullmatch(r"v?\d+\.\d+\.\d+(-pg\d+)?", tag), (name, image)
+
+
+def stack_timescaledb_settings() -> dict[str, str]:
+    """The timescaledb.* lines of the postgresql.conf that the local stack renders."""
+    stack = local_stack_scripts()
+    found = re.findall(r"^(timescaledb\.\w+) = '?([^'\n]*)'?$", stack, re.MULTILINE)
+    return dict(found)
+
+
+def test_compose_timescaledb_runs_with_the_local_stacks_licence_and_telemetry_settings() -> None:
+    local = stack_timescaledb_settings()
+    assert local["timescaledb.license"] == "apache"
+    assert local["timescaledb.telemetry_level"] == "off"
+    command = command_of(compose_service("timescaledb")["command"])
+    assert command[0] == "postgres"
+    options = dict(
+        command[index + 1].split("=", 1) for index, part in enumerate(command) if part == "-c"
+    )
+    for key in ("timescaledb.license", "timescaledb.telemetry_level"):
+        assert options[key] == local[key], key
 
 
 # --- Prometheus and Grafana in docker-compose.yml ------------------------------------------------
@@ -531,7 +607,7 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
-def test_dockerfile_installs_the_project_on_python_311_slim_and_runs_as_non_root() -> None:
+def test_dockerfile_installs_the_project_on_a_pinned_python_slim_and_runs_as_non_root() -> None:
     instructions = dockerfile_instructions()
     args = dict(
         rest.split("=", 1) for keyword, rest in instructions if keyword == "ARG" and "=" in rest
@@ -545,8 +621,19 @@ def test_dockerfile_installs_the_project_on_python_311_slim_and_runs_as_non_root
         for keyword, rest in instructions
         if keyword == "FROM"
     ]
-    assert bases and set(bases) == {"python:3.11-slim"}
-    assert any(k == "RUN" and re.search(r"pip install \.(\s|$)", r) for k, r in instructions)
+    # One base for both stages: the official slim image at an exact patch release on an exact
+    # Debian release, of the Python that pyproject requires.
+    assert len(bases) >= 2 and len(set(bases)) == 1, bases
+    match = re.fullmatch(r"python:(\d+)\.(\d+)\.(\d+)-slim-(bookworm|trixie)", bases[0])
+    assert match, f"not an exact python:X.Y.Z-slim-<debian> tag: {bases[0]}"
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    patch = Version(".".join(match.groups()[:3]))
+    assert patch in SpecifierSet(requires), (bases[0], requires)
+    assert requires.startswith(f">={patch.major}.{patch.minor}"), (bases[0], requires)
+    # The dependencies from the runtime lock (test_lock.py), then the project without them.
+    assert any(
+        k == "RUN" and re.search(r"pip install --no-deps \.(\s|$)", r) for k, r in instructions
+    )
     final = instructions[max(i for i, (k, _) in enumerate(instructions) if k == "FROM") :]
     users = [rest for keyword, rest in final if keyword == "USER"]
     assert users and users[-1].split(":")[0] not in {"root", "0"}
@@ -554,6 +641,27 @@ def test_dockerfile_installs_the_project_on_python_311_slim_and_runs_as_non_root
     cmd = [rest for keyword, rest in final if keyword == "CMD"]
     assert len(cmd) == 1 and yaml.safe_load(cmd[0])[:2] == ["python", "-m"]
     assert yaml.safe_load(cmd[0])[2] in MODULE_OF.values()
+
+
+def test_dockerfile_labels_the_image_with_pyprojects_oci_annotations() -> None:
+    instructions = dockerfile_instructions()
+    final = instructions[max(i for i, (k, _) in enumerate(instructions) if k == "FROM") :]
+    labels = dict(
+        item.split("=", 1)
+        for keyword, rest in final
+        if keyword == "LABEL"
+        for item in shlex.split(rest)
+    )
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    oci = "org.opencontainers.image."
+    assert labels[oci + "title"] == project["name"]
+    assert labels[oci + "description"] == project["description"]
+    assert labels[oci + "licenses"] == project["license"] == "Apache-2.0"
+    assert labels[oci + "version"] == project["version"]
+    # Given at build time (--build-arg): the repository and the commit.
+    assert labels[oci + "source"] == "${SOURCE_URL}"
+    assert labels[oci + "revision"] == "${REVISION}"
+    assert {"ARG SOURCE_URL", "ARG REVISION"} <= {f"{k} {r.split('=')[0]}" for k, r in final}
 
 
 def test_the_installed_package_carries_the_migrations_the_image_runs() -> None:
@@ -568,7 +676,8 @@ def test_the_installed_package_carries_the_migrations_the_image_runs() -> None:
     ]
     assert "*.sql" in package_data["*"]
     ignored = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()}
-    assert not ignored & {"libs", "services", "tools", "pyproject.toml"}
+    copied = {"libs", "services", "tools", "pyproject.toml", "requirements", "LICENSE", "NOTICE"}
+    assert not ignored & copied
 
 
 # --- deploy/k8s ----------------------------------------------------------------------------------
