@@ -41,6 +41,39 @@ MQTT_CONF="$MQTT_DIR/mosquitto.conf"
 # from it, changing only what must differ for a local process.
 MQTT_SHARED_CONF="$(cd "$SCRIPT_DIR/../mosquitto" && pwd)/mosquitto.conf"
 
+# ---------------------------------------------------------------- MQTT over TLS
+# The second Mosquitto listener, 127.0.0.1:MQTT_TLS_PORT: TLS, and every client a user of the
+# dynamic security plugin (its accounts and roles in MQTT_DYNSEC, which the broker rewrites on
+# each change). MQTT_PORT stays anonymous and plaintext until the clients move to this one.
+MQTT_TLS_PORT=${MQTT_TLS_PORT:-8883}
+# deploy/mosquitto/secure-listener.conf: the listener's block, appended to MQTT_CONF.
+MQTT_SHARED_TLS_CONF="$(cd "$SCRIPT_DIR/../mosquitto" && pwd)/secure-listener.conf"
+MQTT_DYNSEC="$MQTT_DIR/dynamic-security.json"
+# The server certificate, its key and the CA that signed it (the certificates step's files).
+MQTT_TLS_CERT="$STACK/certs/mosquitto.crt"
+MQTT_TLS_KEY="$STACK/certs/mosquitto.key"
+MQTT_TLS_CA="$STACK/certs/ca.crt"
+# Generated local secrets (0600, in a 0700 folder; never committed): the broker's admin
+# account (it alone may use $CONTROL/dynamic-security), ingest's account, and one file per
+# device that `python -m tools.credentials device` registered (secrets/devices/).
+SECRETS="$STACK/secrets"
+MQTT_ADMIN_USER=admin
+MQTT_ADMIN_PASSWORD_FILE="$SECRETS/mqtt-admin.password"
+MQTT_INGEST_USER=ingest
+MQTT_INGEST_PASSWORD_FILE="$SECRETS/mqtt-ingest.password"
+
+# Where the distribution put the plugin (Debian: the multiarch folder; the image: /usr/lib).
+mosquitto_dynsec_plugin() {
+  local p
+  for p in /usr/lib/*/mosquitto_dynamic_security.so /usr/lib/mosquitto_dynamic_security.so; do
+    if [[ -f $p ]]; then
+      echo "$p"
+      return 0
+    fi
+  done
+  echo /usr/lib/mosquitto_dynamic_security.so
+}
+
 PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
 # PG_BASE (data dir, socket dir) is .stack/pg unless the OS user `postgres` cannot reach it:
 # see pg_base() in stack.sh.

@@ -9,7 +9,8 @@
 # this file only supervises them. Everything it makes (jars, builds, data, logs, pid files,
 # rendered configs) lives in <repo>/.stack/, which git ignores; servers listen on 127.0.0.1
 # only. Settings (environment, with defaults):
-#   KAFKA_PORT=9092  KAFKA_CONTROLLER_PORT=9093  MQTT_PORT=1883  PG_PORT=5432  PG_MAJOR=15
+#   KAFKA_PORT=9092  KAFKA_CONTROLLER_PORT=9093  MQTT_PORT=1883  MQTT_TLS_PORT=8883
+#   PG_PORT=5432  PG_MAJOR=15
 #   KAFKA_HEAP_OPTS="-Xmx512m -Xms256m"  STACK_START_TIMEOUT=120 (seconds, per server)
 #   STACK_DIR=<repo>/.stack (the servers' state; downloads and builds stay in .stack/)
 # See deploy/local/README.md.
@@ -212,7 +213,8 @@ kafka_wait() {
 }
 
 # ---------------------------------------------------------------- Mosquitto
-mosquitto_conf_port() { sed -n 's|^listener \([0-9]*\) .*|\1|p' "$MQTT_CONF" 2>/dev/null; }
+# The first listener (MQTT_PORT); the TLS one follows it.
+mosquitto_conf_port() { sed -n 's|^listener \([0-9]*\) .*|\1|p' "$MQTT_CONF" 2>/dev/null | head -n 1; }
 
 # mosquitto_render_config USER_LINE: MQTT_CONF from the shared config (MQTT_SHARED_CONF, the
 # one docker-compose.yml mounts), with only what a local process needs otherwise: the
@@ -236,7 +238,8 @@ mosquitto_render_config() {
           print "expected one listener, persistence_location and log_dest line each" >"/dev/stderr"
           exit 3
         }
-      }' "$MQTT_SHARED_CONF"
+      }' "$MQTT_SHARED_CONF" &&
+      mosquitto_render_secure_listener
   } >"$MQTT_CONF.tmp" || {
     rm -f "$MQTT_CONF.tmp"
     die "cannot render $MQTT_CONF from $MQTT_SHARED_CONF"
@@ -247,6 +250,7 @@ mosquitto_render_config() {
 mosquitto_start() {
   step "Mosquitto: starting on 127.0.0.1:$MQTT_PORT" "$LOGS/mosquitto.log"
   port_open "$MQTT_PORT" && port_taken "$MQTT_PORT" "MQTT_PORT (a system mosquitto service?)"
+  port_open "$MQTT_TLS_PORT" && port_taken "$MQTT_TLS_PORT" "MQTT_TLS_PORT"
   mkdir -p "$MQTT_DIR/data"
   touch "$LOGS/mosquitto.log"
   # Started as root, mosquitto drops privileges to the user `mosquitto` (its default); that
@@ -264,6 +268,7 @@ mosquitto_start() {
     fi
     user_line="user $run_as"
   fi
+  mosquitto_secure_prepare "$run_as"
   mosquitto_render_config "$user_line"
   # Backgrounded rather than -d (daemon), so that its pid is known whoever it runs as.
   setsid "$(mosquitto_bin)" -c "$MQTT_CONF" >>"$LOGS/mosquitto.log" 2>&1 </dev/null 9>&- &
@@ -280,12 +285,180 @@ mosquitto_wait() {
     if port_open "$MQTT_PORT" &&
       timeout 10 mosquitto_sub -h 127.0.0.1 -p "$MQTT_PORT" -V mqttv5 -i "stack-sh-probe-$$" \
         -t '$SYS/broker/version' -C 1 -W 5 >/dev/null 2>&1; then
+      mosquitto_wait_tls
       note "Mosquitto: ready"
       return 0
     fi
     sleep 0.5
   done
   die "Mosquitto did not answer on 127.0.0.1:$MQTT_PORT within ${START_TIMEOUT}s"
+}
+
+# ---------------------------------------------------------------- Mosquitto: TLS and accounts
+# mosquitto_render_secure_listener: deploy/mosquitto/secure-listener.conf to stdout, with the
+# listener on 127.0.0.1:MQTT_TLS_PORT and the local paths of the certificates, the plugin and
+# the accounts file. Fails if the shared file has not exactly one of each line it replaces.
+mosquitto_render_secure_listener() {
+  echo "# ---- from deploy/mosquitto/secure-listener.conf"
+  awk -v listener_line="listener $MQTT_TLS_PORT 127.0.0.1" \
+    -v certfile_line="certfile $MQTT_TLS_CERT" -v keyfile_line="keyfile $MQTT_TLS_KEY" \
+    -v plugin_line="plugin $(mosquitto_dynsec_plugin)" \
+    -v dynsec_line="plugin_opt_config_file $MQTT_DYNSEC" '
+    $1 == "listener" { print listener_line; n[$1]++; next }
+    $1 == "certfile" { print certfile_line; n[$1]++; next }
+    $1 == "keyfile" { print keyfile_line; n[$1]++; next }
+    $1 == "plugin" { print plugin_line; n[$1]++; next }
+    $1 == "plugin_opt_config_file" { print dynsec_line; n[$1]++; next }
+    { print }
+    END {
+      split("listener certfile keyfile plugin plugin_opt_config_file", keys, " ")
+      for (i in keys) if (n[keys[i]] != 1) {
+        print "expected one " keys[i] " line in the TLS listener block" >"/dev/stderr"
+        exit 3
+      }
+    }' "$MQTT_SHARED_TLS_CONF"
+}
+
+# mqtt_test_certs_if_missing: a throwaway CA and a server certificate for 127.0.0.1/localhost
+# at MQTT_TLS_CA / MQTT_TLS_CERT / MQTT_TLS_KEY, only when there are none. A stand-in until
+# the certificates step of `up` makes the stack's own CA and certificates at these paths (then
+# drop this function and its call).
+mqtt_test_certs_if_missing() {
+  [[ -f $MQTT_TLS_CERT && -f $MQTT_TLS_KEY && -f $MQTT_TLS_CA ]] && return 0
+  step "Mosquitto: a throwaway CA and server certificate (none in $(dirname "$MQTT_TLS_CA"))" \
+    "$LOGS/mosquitto-certs.log"
+  local dir tmp
+  dir=$(dirname "$MQTT_TLS_CERT")
+  mkdir -p "$dir"
+  chmod 0755 "$dir"
+  tmp=$(mktemp -d "$dir/.new.XXXXXX")
+  (
+    umask 077
+    openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj "/CN=sensor-pipeline local test CA" \
+      -keyout "$tmp/ca.key" -out "$tmp/ca.crt"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+      -keyout "$tmp/mosquitto.key" -out "$tmp/mosquitto.csr"
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$tmp/ext"
+    openssl x509 -req -days 825 -in "$tmp/mosquitto.csr" -CA "$tmp/ca.crt" -CAkey "$tmp/ca.key" \
+      -CAcreateserial -extfile "$tmp/ext" -out "$tmp/mosquitto.crt"
+  ) >"$LOGS/mosquitto-certs.log" 2>&1
+  chmod 0644 "$tmp/ca.crt" "$tmp/mosquitto.crt"
+  mv "$tmp/ca.key" "$dir/ca.key"
+  mv "$tmp/mosquitto.key" "$MQTT_TLS_KEY"
+  mv "$tmp/mosquitto.crt" "$MQTT_TLS_CERT"
+  mv "$tmp/ca.crt" "$MQTT_TLS_CA"
+  rm -rf "$tmp"
+}
+
+# new_secret FILE: FILE's content; a new random one first (0600) when there is no FILE.
+new_secret() {
+  if [[ ! -s $1 ]]; then
+    (umask 077 && openssl rand -hex 24 >"$1.tmp" && mv "$1.tmp" "$1")
+  fi
+  cat "$1"
+}
+
+# dynsec_hash_of FILE KEY: a value ("password", "salt") of the one client of a file that
+# `mosquitto_ctrl dynsec init` wrote.
+dynsec_hash_of() { sed -n "s|^[[:space:]]*\"$2\":[[:space:]]*\"\\([^\"]*\\)\",*\$|\\1|p" "$1" | head -n 1; }
+
+# mosquitto_dynsec_json TMP: the first accounts file, from the two that `mosquitto_ctrl dynsec
+# init` wrote into TMP (admin.json, ingest.json: their password hashes).
+mosquitto_dynsec_json() {
+  local a=$1/$MQTT_ADMIN_USER.json i=$1/$MQTT_INGEST_USER.json
+  # shellcheck disable=SC2016  # $CONTROL and $share are MQTT topics, not variables
+  cat <<EOJ
+{
+  "defaultACLAccess": {"publishClientSend": false, "publishClientReceive": false,
+                       "subscribe": false, "unsubscribe": true},
+  "clients": [
+    {"username": "$MQTT_ADMIN_USER", "textName": "the stack's admin account (tools.credentials)",
+     "password": "$(dynsec_hash_of "$a" password)", "salt": "$(dynsec_hash_of "$a" salt)",
+     "iterations": 101, "roles": [{"rolename": "admin"}]},
+    {"username": "$MQTT_INGEST_USER", "textName": "services.ingest",
+     "password": "$(dynsec_hash_of "$i" password)", "salt": "$(dynsec_hash_of "$i" salt)",
+     "iterations": 101, "roles": [{"rolename": "ingest"}]}
+  ],
+  "groups": [{"groupname": "devices", "textName": "every device account", "roles": [],
+              "clients": []}],
+  "roles": [
+    {"rolename": "admin", "textName": "administers the accounts, nothing else", "acls": [
+      {"acltype": "publishClientSend", "topic": "\$CONTROL/dynamic-security/#", "allow": true},
+      {"acltype": "publishClientReceive", "topic": "\$CONTROL/dynamic-security/#", "allow": true},
+      {"acltype": "subscribePattern", "topic": "\$CONTROL/dynamic-security/#", "allow": true},
+      {"acltype": "unsubscribePattern", "topic": "#", "allow": true}]},
+    {"rolename": "ingest", "textName": "reads the readings through the shared subscription",
+     "acls": [
+      {"acltype": "subscribePattern", "topic": "\$share/ingest/sensors/+/readings", "allow": true},
+      {"acltype": "publishClientReceive", "topic": "sensors/+/readings", "allow": true},
+      {"acltype": "unsubscribePattern", "topic": "#", "allow": true}]}
+  ]
+}
+EOJ
+}
+
+# mosquitto_dynsec_init_if_missing: MQTT_DYNSEC, once: the admin and ingest accounts (their
+# generated passwords in SECRETS), the roles `admin` (the control topic only) and `ingest`
+# (the shared subscription of the readings), the group `devices` (every device account joins
+# it) and nothing allowed by default. From then on the broker owns the file (it rewrites it
+# when tools.credentials adds or removes a device); a later `up` leaves it alone. The hashes
+# (PBKDF2-SHA512) come from `mosquitto_ctrl dynsec init`, given each password on its standard
+# input, never on its command line.
+mosquitto_dynsec_init_if_missing() {
+  mkdir -p "$SECRETS/devices"
+  chmod 0700 "$SECRETS" "$SECRETS/devices"
+  if [[ -f $MQTT_DYNSEC ]]; then
+    [[ -s $MQTT_ADMIN_PASSWORD_FILE && -s $MQTT_INGEST_PASSWORD_FILE ]] ||
+      die "$MQTT_DYNSEC exists but a password file of $SECRETS does not: remove the accounts file (broker stopped) to make them anew"
+    return 0
+  fi
+  step "Mosquitto: the accounts of the TLS listener (once: $MQTT_DYNSEC)" "$LOGS/mosquitto-accounts.log"
+  command -v mosquitto_ctrl >/dev/null || die "mosquitto_ctrl is missing (Debian: mosquitto-clients)"
+  local tmp user file pw
+  tmp=$(mktemp -d "$MQTT_DIR/.dynsec.XXXXXX")
+  : >"$LOGS/mosquitto-accounts.log"
+  for user in "$MQTT_ADMIN_USER" "$MQTT_INGEST_USER"; do
+    file=$MQTT_ADMIN_PASSWORD_FILE
+    [[ $user == "$MQTT_INGEST_USER" ]] && file=$MQTT_INGEST_PASSWORD_FILE
+    pw=$(new_secret "$file")
+    printf '%s\n%s\n' "$pw" "$pw" | mosquitto_ctrl dynsec init "$tmp/$user.json" "$user" \
+      >>"$LOGS/mosquitto-accounts.log" 2>&1
+    [[ -n $(dynsec_hash_of "$tmp/$user.json" password) && -n $(dynsec_hash_of "$tmp/$user.json" salt) ]] ||
+      die "mosquitto_ctrl dynsec init wrote no password hash for $user"
+  done
+  (umask 077 && mosquitto_dynsec_json "$tmp" >"$tmp/all.json")
+  mv "$tmp/all.json" "$MQTT_DYNSEC"
+  rm -rf "$tmp"
+  note "Mosquitto: accounts $MQTT_ADMIN_USER and $MQTT_INGEST_USER (passwords in $SECRETS)"
+}
+
+# mosquitto_secure_prepare RUN_AS: what the TLS listener needs before the broker starts: the
+# certificates and the accounts file, readable by the user mosquitto runs as (and the folder
+# of the accounts file writable: the plugin saves a new copy beside it, then renames it).
+mosquitto_secure_prepare() {
+  local run_as=$1
+  mqtt_test_certs_if_missing
+  mosquitto_dynsec_init_if_missing
+  chmod 0600 "$MQTT_DYNSEC"
+  if [[ $run_as == mosquitto ]]; then
+    chown mosquitto: "$MQTT_DIR" "$MQTT_DYNSEC" "$MQTT_TLS_KEY"
+  fi
+}
+
+# mosquitto_wait_tls: the TLS listener answers with a certificate the CA vouches for, and
+# refuses an anonymous client (CONNACK "not authorized": the plugin is in charge).
+mosquitto_wait_tls() {
+  local deadline=$((SECONDS + START_TIMEOUT)) out=""
+  while ((SECONDS < deadline)); do
+    out=$(timeout 10 mosquitto_pub -h 127.0.0.1 -p "$MQTT_TLS_PORT" --cafile "$MQTT_TLS_CA" \
+      -V mqttv5 -i "stack-sh-tls-probe-$$" -t stack-sh-probe -m x 2>&1) || true
+    if [[ $out == *"Not authorized"* ]]; then
+      note "Mosquitto: TLS on 127.0.0.1:$MQTT_TLS_PORT, anonymous clients refused"
+      return 0
+    fi
+    sleep 0.5
+  done
+  die "Mosquitto's TLS listener 127.0.0.1:$MQTT_TLS_PORT did not refuse an anonymous client within ${START_TIMEOUT}s (last answer: $out)"
 }
 
 # ---------------------------------------------------------------- PostgreSQL + TimescaleDB

@@ -95,6 +95,11 @@ class ConfigurationError(PipelineError):
     """A setting or a rules file is wrong; the service refuses to start."""
 
 
+class AccountError(PipelineError):
+    """An MQTT account command was refused: a device id that cannot be an account, a name that
+    belongs to a service account, the admin's login, or the broker's dynamic security plugin."""
+
+
 class BodyTooLarge(PipelineError):
     """An HTTP request body over the whole-body limit: refused (413) before it is read whole."""
 

@@ -22,7 +22,13 @@ from tests.e2e.processes import REPO_ROOT, Chain
 
 STACK_DIR = REPO_ROOT / ".stack" / "fault"
 FIGURES = STACK_DIR / "figures"
-PORTS = {"KAFKA_PORT": 29092, "KAFKA_CONTROLLER_PORT": 29093, "MQTT_PORT": 21883, "PG_PORT": 25432}
+PORTS = {
+    "KAFKA_PORT": 29092,
+    "KAFKA_CONTROLLER_PORT": 29093,
+    "MQTT_PORT": 21883,
+    "MQTT_TLS_PORT": 28883,
+    "PG_PORT": 25432,
+}
 KAFKA = f"127.0.0.1:{PORTS['KAFKA_PORT']}"
 MQTT_PORT = PORTS["MQTT_PORT"]
 DATABASE_URL = f"postgresql://sensors:sensors@127.0.0.1:{PORTS['PG_PORT']}/sensors"

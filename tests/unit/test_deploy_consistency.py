@@ -44,6 +44,8 @@ K8S_DIR = ROOT / "deploy" / "k8s"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
+# The TLS listener's block: the local stack appends it; compose does not mount it yet.
+MOSQUITTO_TLS_CONF = ROOT / "deploy" / "mosquitto" / "secure-listener.conf"
 LOCAL_STACK = ROOT / "deploy" / "local"
 STACK_SH = LOCAL_STACK / "stack.sh"
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -539,6 +541,19 @@ def test_mosquitto_conf_listens_where_ingest_connects_and_keeps_sessions() -> No
     assert options["persistence_location"].startswith("/mosquitto/data")
 
 
+def test_mosquitto_tls_listener_refuses_anonymous_clients_and_takes_accounts_from_the_plugin() -> (
+    None
+):
+    lines = config_lines(MOSQUITTO_TLS_CONF.read_text())
+    assert lines[0] == "listener 8883"
+    assert {"tls_version tlsv1.2", "allow_anonymous false"} <= set(lines)
+    assert [line for line in lines if line.startswith("plugin ")] == [
+        "plugin /usr/lib/mosquitto_dynamic_security.so"
+    ]
+    # Each listener's own allow_anonymous and plugin: 1883 stays as it was.
+    assert mosquitto_options()["per_listener_settings"] == "true"
+
+
 def test_mosquitto_autosaves_every_30_s_the_interval_the_fault_figures_were_measured_with() -> None:
     assert mosquitto_options()["autosave_interval"] == "30"
 
@@ -547,13 +562,16 @@ def config_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()[:1] not in ("", "#")]
 
 
-def render_local_mosquitto_conf(state: Path, shared: Path) -> subprocess.CompletedProcess[str]:
+def render_local_mosquitto_conf(
+    state: Path, shared: Path, tls: Path = MOSQUITTO_TLS_CONF
+) -> subprocess.CompletedProcess[str]:
     """stack.sh's mosquitto_render_config (stack.sh sourced: it only defines), STACK_DIR=state."""
     (state / "mosquitto").mkdir(parents=True, exist_ok=True)
-    script = '. "$1"; MQTT_SHARED_CONF=$2; mosquitto_render_config "user mosquitto"'
+    script = '. "$1"; MQTT_SHARED_CONF=$2 MQTT_SHARED_TLS_CONF=$3; '
+    script += 'mosquitto_render_config "user mosquitto"'
     return subprocess.run(
-        ["bash", "-c", script, "render", str(STACK_SH), str(shared)],
-        env=os.environ | {"STACK_DIR": str(state), "MQTT_PORT": "31883"},
+        ["bash", "-c", script, "render", str(STACK_SH), str(shared), str(tls)],
+        env=os.environ | {"STACK_DIR": str(state), "MQTT_PORT": "31883", "MQTT_TLS_PORT": "38883"},
         capture_output=True,
         text=True,
         timeout=30,
@@ -566,15 +584,32 @@ def test_the_local_stack_renders_the_compose_mosquitto_conf_changing_only_addres
 ) -> None:
     done = render_local_mosquitto_conf(tmp_path, MOSQUITTO_CONF)
     assert done.returncode == 0, done.stderr
-    shared = config_lines(MOSQUITTO_CONF.read_text())
+    # compose's file, then the TLS listener's block (which compose does not mount yet)
+    shared = config_lines(MOSQUITTO_CONF.read_text()) + config_lines(MOSQUITTO_TLS_CONF.read_text())
     local = config_lines((tmp_path / "mosquitto" / "mosquitto.conf").read_text())
+    plugin = next(line for line in local if line.startswith("plugin "))
     only_local = {
         "user mosquitto",
         "listener 31883 127.0.0.1",
         f"persistence_location {tmp_path}/mosquitto/data/",
         f"log_dest file {tmp_path}/logs/mosquitto.log",
+        "listener 38883 127.0.0.1",
+        f"certfile {tmp_path}/certs/mosquitto.crt",
+        f"keyfile {tmp_path}/certs/mosquitto.key",
+        plugin,
+        f"plugin_opt_config_file {tmp_path}/mosquitto/dynamic-security.json",
     }
-    only_shared = {"listener 1883", "persistence_location /mosquitto/data/", "log_dest stdout"}
+    assert plugin.endswith("/mosquitto_dynamic_security.so"), plugin
+    only_shared = {
+        "listener 1883",
+        "persistence_location /mosquitto/data/",
+        "log_dest stdout",
+        "listener 8883",
+        "certfile /mosquitto/certs/mosquitto.crt",
+        "keyfile /mosquitto/certs/mosquitto.key",
+        "plugin /usr/lib/mosquitto_dynamic_security.so",
+        "plugin_opt_config_file /mosquitto/data/dynamic-security.json",
+    }
     assert set(local) - set(shared) == only_local
     assert set(shared) - set(local) == only_shared
     assert [line for line in local if line not in only_local] == [
@@ -907,3 +942,14 @@ def test_deploy_files_hold_no_machine_paths_and_only_the_throwaway_credentials()
             assert match.group(1) == url.password, path.name
             found += 1
     assert found >= 5
+
+
+def test_rendering_the_local_mosquitto_conf_fails_when_a_tls_line_is_doubled(
+    tmp_path: Path,
+) -> None:
+    tls = tmp_path / "secure-listener.conf"
+    tls.write_text(MOSQUITTO_TLS_CONF.read_text() + "plugin /usr/lib/another.so\n")
+    done = render_local_mosquitto_conf(tmp_path / "state", MOSQUITTO_CONF, tls)
+    assert done.returncode == 1
+    assert "expected one plugin line" in done.stderr
+    assert not (tmp_path / "state" / "mosquitto" / "mosquitto.conf").exists()
