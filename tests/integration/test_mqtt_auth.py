@@ -145,10 +145,14 @@ class Peer:
         self.connacks: queue.Queue[int] = queue.Queue()
         self.acks: queue.Queue[tuple[int, int]] = queue.Queue()
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.disconnects: queue.Queue[int] = queue.Queue()
         self.client.on_connect = self._on_connect
         self.client.on_publish = self._on_ack
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = lambda _c, _u, message: self.messages.put(message)
+        self.client.on_disconnect = lambda _c, _u, _f, reason, _p: self.disconnects.put(
+            reason.value
+        )
 
     def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
         self.connacks.put(reason.value)
@@ -348,6 +352,7 @@ def test_a_revoked_device_is_cut_and_refused_at_its_next_connect_without_a_resta
     revoked = credentials_cli(broker, "revoke", device.device_id)
     assert revoked.returncode == 0, revoked.stderr
     assert json.loads(revoked.stdout) == {"device_id": device.device_id, "revoked": True}
+    peer.disconnects.get(timeout=WAIT_S)  # its open session was cut
     peer.client.loop_stop()
     again = Peer(device.username, device.password)
     try:
