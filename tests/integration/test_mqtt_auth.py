@@ -380,3 +380,23 @@ def test_a_service_account_or_a_topic_breaking_id_is_no_device(broker: Broker) -
     assert asyncio.run(revoke_device(broker.settings, device_id())) is False
     ingest = connected(broker, "ingest", broker.ingest_password())  # still ingest's own
     ingest.close()
+
+
+def test_accounts_survive_a_broker_restart_and_a_second_start_keeps_them(broker: Broker) -> None:
+    device = register(broker, device_id())
+    accounts = broker.stack_dir / "mosquitto" / "dynamic-security.json"
+    assert accounts.stat().st_mode & 0o777 == 0o600
+    assert device.device_id in accounts.read_text()  # saved by the plugin, no restart needed
+    restarted = stack_sh(
+        broker.env,
+        "trap 'on_error $? \"$BASH_COMMAND\"' ERR; server_stop mosquitto; "
+        "server_start mosquitto; mosquitto_wait",
+    )
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert "the accounts of the TLS listener" not in restarted.stdout  # made once, not again
+    peer = connected(broker, device.username, device.password)
+    try:
+        assert peer.publish(f"sensors/{device.device_id}/readings", b"{}") < 0x80
+    finally:
+        peer.close()
+    assert register(broker, device.device_id) == device
