@@ -400,3 +400,24 @@ def test_accounts_survive_a_broker_restart_and_a_second_start_keeps_them(broker:
     finally:
         peer.close()
     assert register(broker, device.device_id) == device
+
+
+def test_the_plaintext_listener_cannot_drive_the_accounts(broker: Broker) -> None:
+    """The plugin is loaded on the TLS listener only: a control command sent anonymously on
+    1883 creates nothing."""
+    name, password = device_id(), "chosen-by-an-intruder"
+    intruder = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    intruder.connect(HOST, broker.port)
+    intruder.loop_start()
+    command = {"commands": [{"command": "createClient", "username": name, "password": password}]}
+    intruder.publish("$CONTROL/dynamic-security/v1", json.dumps(command), qos=1).wait_for_publish(
+        WAIT_S
+    )
+    intruder.disconnect()
+    intruder.loop_stop()
+    peer = Peer(name, password)
+    try:
+        assert peer.connect(broker.tls_port, trusting(broker.ca_file)) == NOT_AUTHORIZED
+    finally:
+        peer.close()
+    assert name not in (broker.stack_dir / "mosquitto" / "dynamic-security.json").read_text()
