@@ -257,3 +257,19 @@ async def test_the_client_context_refuses_a_name_the_certificate_does_not_carry(
     context = tls.client_context(certs / "ca.crt")
     with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"):
         await handshake(certs / "ingest.crt", certs / "ingest.key", context, "example.com")
+
+
+def test_a_certificate_without_its_compose_name_is_replaced(stack):
+    certs = stack / "certs"
+    ca = (certs / "ca.crt", certs / "ca.key")
+    sign(certs, "kafka", ca, days=300, key=certs / "kafka.key")  # localhost and 127.0.0.1 only
+    out = run(stack=stack)
+    assert "DNS:kafka" in sans(certs / "kafka.crt")
+    assert "restart these servers to load them: kafka" in out
+
+
+def test_a_loosened_key_mode_is_tightened_again(stack):
+    key = stack / "certs" / "postgres.key"
+    key.chmod(0o644)
+    run(stack=stack)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
