@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import orjson
 
 from libs.common.cli import argument_parser
-from libs.common.errors import AccountError, MqttUnavailable
+from libs.common.errors import AccountError, ConfigurationError, MqttUnavailable
 from tools.mqtt_accounts import MqttAccountsSettings, register_device, revoke_device
 
 
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except AccountError as error:
+    except (AccountError, ConfigurationError) as error:
         sys.stderr.write(f"credentials {args.command}: {error}\n")
         return 1
     except MqttUnavailable as error:

@@ -20,7 +20,6 @@ import asyncio
 import os
 import re
 import secrets
-import ssl
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs.common.errors import AccountError, MqttUnavailable
+from libs.common.tls import client_context
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
@@ -56,6 +56,8 @@ class MqttAccountsSettings(BaseSettings):
     mqtt_admin_password: SecretStr | None = Field(
         None, description="Default: the stack's secrets/mqtt-admin.password."
     )
+    # As PipelineSettings.tls_ca_file, but the default follows STACK_DIR (a stack elsewhere has
+    # its own CA).
     tls_ca_file: Path | None = Field(None, description="Default: the stack's certs/ca.crt.")
     mqtt_control_timeout_s: float = Field(10.0, gt=0)
 
@@ -99,16 +101,6 @@ class DeviceCredentials:
             "password": self.password,
             "ca_file": self.ca_file,
         }
-
-
-def tls_context(ca_file: Path) -> ssl.SSLContext:
-    """A client context that trusts only `ca_file` and checks the host name; TLS 1.2 or newer."""
-    try:
-        context = ssl.create_default_context(cafile=str(ca_file))
-    except OSError as exc:
-        raise AccountError(f"cannot read the CA file {ca_file}: {exc.strerror}") from None
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
 
 
 def check_device_id(device_id: str) -> str:
@@ -156,7 +148,7 @@ class Control:
             password=settings.admin_password(),
             identifier=f"credentials-{uuid.uuid4().hex[:12]}",
             protocol=aiomqtt.ProtocolVersion.V5,
-            tls_context=tls_context(settings.ca_file),
+            tls_context=client_context(settings.ca_file),
             timeout=settings.mqtt_control_timeout_s,
         )
 

@@ -49,10 +49,13 @@ MQTT_TLS_PORT=${MQTT_TLS_PORT:-8883}
 # deploy/mosquitto/secure-listener.conf: the listener's block, appended to MQTT_CONF.
 MQTT_SHARED_TLS_CONF="$(cd "$SCRIPT_DIR/../mosquitto" && pwd)/secure-listener.conf"
 MQTT_DYNSEC="$MQTT_DIR/dynamic-security.json"
-# The server certificate, its key and the CA that signed it (the certificates step's files).
+# The server certificate, its key and the CA that signed it (certs.sh's files, in a 0700
+# folder), and where the broker reads its copies of the first two (MQTT_TLS_DIR, owned by the
+# user it runs as: it reads them after dropping root's privileges).
 MQTT_TLS_CERT="$STACK/certs/mosquitto.crt"
 MQTT_TLS_KEY="$STACK/certs/mosquitto.key"
 MQTT_TLS_CA="$STACK/certs/ca.crt"
+MQTT_TLS_DIR="$MQTT_DIR/tls"
 # Generated local secrets (0600, in a 0700 folder; never committed): the broker's admin
 # account (it alone may use $CONTROL/dynamic-security), ingest's account, and one file per
 # device that `python -m tools.credentials device` registered (secrets/devices/).

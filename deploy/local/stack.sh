@@ -4,6 +4,7 @@
 #   PostgreSQL 15 + TimescaleDB.
 #
 #   bash deploy/local/stack.sh up|down|status      (make up / make down / make status)
+#   bash deploy/local/stack.sh rotate-certs [--ca] (make rotate-certs; see certs.sh)
 #
 # `up` first runs the cached installs of install.sh, then starts and waits for each server;
 # this file only supervises them. Everything it makes (jars, builds, data, logs, pid files,
@@ -18,6 +19,8 @@ set -Eeuo pipefail
 
 # shellcheck source=deploy/local/install.sh
 . "$(dirname "${BASH_SOURCE[0]}")/install.sh"
+# shellcheck source=deploy/local/certs.sh
+. "$(dirname "${BASH_SOURCE[0]}")/certs.sh"
 trap 'on_error $? "$BASH_COMMAND"' ERR
 
 # ---------------------------------------------------------------- the servers
@@ -296,12 +299,13 @@ mosquitto_wait() {
 
 # ---------------------------------------------------------------- Mosquitto: TLS and accounts
 # mosquitto_render_secure_listener: deploy/mosquitto/secure-listener.conf to stdout, with the
-# listener on 127.0.0.1:MQTT_TLS_PORT and the local paths of the certificates, the plugin and
-# the accounts file. Fails if the shared file has not exactly one of each line it replaces.
+# listener on 127.0.0.1:MQTT_TLS_PORT and the local paths of the certificate and key (the
+# broker's copies), the plugin and the accounts file. Fails if the shared file has not exactly one of each line it replaces.
 mosquitto_render_secure_listener() {
   echo "# ---- from deploy/mosquitto/secure-listener.conf"
   awk -v listener_line="listener $MQTT_TLS_PORT 127.0.0.1" \
-    -v certfile_line="certfile $MQTT_TLS_CERT" -v keyfile_line="keyfile $MQTT_TLS_KEY" \
+    -v certfile_line="certfile $MQTT_TLS_DIR/mosquitto.crt" \
+    -v keyfile_line="keyfile $MQTT_TLS_DIR/mosquitto.key" \
     -v plugin_line="plugin $(mosquitto_dynsec_plugin)" \
     -v dynsec_line="plugin_opt_config_file $MQTT_DYNSEC" '
     $1 == "listener" { print listener_line; n[$1]++; next }
@@ -317,37 +321,6 @@ mosquitto_render_secure_listener() {
         exit 3
       }
     }' "$MQTT_SHARED_TLS_CONF"
-}
-
-# mqtt_test_certs_if_missing: a throwaway CA and a server certificate for 127.0.0.1/localhost
-# at MQTT_TLS_CA / MQTT_TLS_CERT / MQTT_TLS_KEY, only when there are none. A stand-in until
-# the certificates step of `up` makes the stack's own CA and certificates at these paths (then
-# drop this function and its call).
-mqtt_test_certs_if_missing() {
-  [[ -f $MQTT_TLS_CERT && -f $MQTT_TLS_KEY && -f $MQTT_TLS_CA ]] && return 0
-  step "Mosquitto: a throwaway CA and server certificate (none in $(dirname "$MQTT_TLS_CA"))" \
-    "$LOGS/mosquitto-certs.log"
-  local dir tmp
-  dir=$(dirname "$MQTT_TLS_CERT")
-  mkdir -p "$dir"
-  chmod 0755 "$dir"
-  tmp=$(mktemp -d "$dir/.new.XXXXXX")
-  (
-    umask 077
-    openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj "/CN=sensor-pipeline local test CA" \
-      -keyout "$tmp/ca.key" -out "$tmp/ca.crt"
-    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
-      -keyout "$tmp/mosquitto.key" -out "$tmp/mosquitto.csr"
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$tmp/ext"
-    openssl x509 -req -days 825 -in "$tmp/mosquitto.csr" -CA "$tmp/ca.crt" -CAkey "$tmp/ca.key" \
-      -CAcreateserial -extfile "$tmp/ext" -out "$tmp/mosquitto.crt"
-  ) >"$LOGS/mosquitto-certs.log" 2>&1
-  chmod 0644 "$tmp/ca.crt" "$tmp/mosquitto.crt"
-  mv "$tmp/ca.key" "$dir/ca.key"
-  mv "$tmp/mosquitto.key" "$MQTT_TLS_KEY"
-  mv "$tmp/mosquitto.crt" "$MQTT_TLS_CERT"
-  mv "$tmp/ca.crt" "$MQTT_TLS_CA"
-  rm -rf "$tmp"
 }
 
 # new_secret FILE: FILE's content; a new random one first (0600) when there is no FILE.
@@ -432,16 +405,31 @@ mosquitto_dynsec_init_if_missing() {
   note "Mosquitto: accounts $MQTT_ADMIN_USER and $MQTT_INGEST_USER (passwords in $SECRETS)"
 }
 
-# mosquitto_secure_prepare RUN_AS: what the TLS listener needs before the broker starts: the
-# certificates and the accounts file, readable by the user mosquitto runs as (and the folder
-# of the accounts file writable: the plugin saves a new copy beside it, then renames it).
+# mosquitto_tls_files: the broker's copies of its certificate and key (certs.sh made them, in
+# a folder only root reads), taken afresh at each start, so a restart after rotate-certs
+# serves the new ones.
+mosquitto_tls_files() {
+  [[ -f $MQTT_TLS_CERT && -f $MQTT_TLS_KEY && -f $MQTT_TLS_CA ]] ||
+    die "no Mosquitto certificate in $(dirname "$MQTT_TLS_CERT") (certs.sh makes it; run 'make up')"
+  mkdir -p "$MQTT_TLS_DIR"
+  chmod 0700 "$MQTT_TLS_DIR"
+  (umask 077 && cp "$MQTT_TLS_CERT" "$MQTT_TLS_DIR/mosquitto.crt.tmp" &&
+    cp "$MQTT_TLS_KEY" "$MQTT_TLS_DIR/mosquitto.key.tmp")
+  mv "$MQTT_TLS_DIR/mosquitto.crt.tmp" "$MQTT_TLS_DIR/mosquitto.crt"
+  mv "$MQTT_TLS_DIR/mosquitto.key.tmp" "$MQTT_TLS_DIR/mosquitto.key"
+}
+
+# mosquitto_secure_prepare RUN_AS: what the TLS listener needs before the broker starts: its
+# certificate and key and the accounts file, readable by the user mosquitto runs as (and the
+# folder of the accounts file writable: the plugin saves a new copy beside it, then renames it).
 mosquitto_secure_prepare() {
   local run_as=$1
-  mqtt_test_certs_if_missing
+  mosquitto_tls_files
   mosquitto_dynsec_init_if_missing
   chmod 0600 "$MQTT_DYNSEC"
   if [[ $run_as == mosquitto ]]; then
-    chown mosquitto: "$MQTT_DIR" "$MQTT_DYNSEC" "$MQTT_TLS_KEY"
+    chown -R mosquitto: "$MQTT_TLS_DIR"
+    chown mosquitto: "$MQTT_DIR" "$MQTT_DYNSEC"
   fi
 }
 
@@ -600,6 +588,9 @@ cmd_up() {
   lock
   say "Local stack in $STACK"
   install_all
+  step "certificates: checking $CERTS"
+  certs_ensure
+  certs_restart_note
   # Start all three, then wait: the JVM starts while the others come up.
   step "starting the servers"
   for name in "${SERVERS[@]}"; do server_start "$name"; done
@@ -621,6 +612,15 @@ cmd_down() {
   if [[ $any -eq 0 ]]; then say "Nothing of the stack was running"; else say "Stack stopped"; fi
 }
 
+# rotate-certs [--ca]: new server keys and certificates signed by the same CA (--ca: a new CA
+# as well), then the list of servers that must be restarted to load them.
+cmd_rotate_certs() {
+  mkdir -p "$STACK"
+  lock
+  certs_rotate "$@"
+  certs_restart_note
+}
+
 cmd_status() {
   local name pid
   for name in "${SERVERS[@]}"; do
@@ -638,8 +638,16 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
+    rotate-certs)
+      shift
+      [[ $# -eq 0 || ($# -eq 1 && $1 == --ca) ]] || {
+        echo "usage: bash deploy/local/stack.sh rotate-certs [--ca]" >&2
+        exit 2
+      }
+      cmd_rotate_certs "$@"
+      ;;
     *)
-      echo "usage: bash deploy/local/stack.sh up|down|status" >&2
+      echo "usage: bash deploy/local/stack.sh up|down|status|rotate-certs [--ca]" >&2
       exit 2
       ;;
   esac

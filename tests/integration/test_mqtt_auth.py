@@ -1,11 +1,12 @@
 """Mosquitto's TLS listener and its accounts, against a real broker started for this module.
 
-The broker is started the way `make up` starts it (deploy/local/stack.sh sourced: its
-mosquitto_start and mosquitto_wait), with a private STACK_DIR and free ports: the rendered
-config of deploy/mosquitto/, the throwaway certificates, the accounts file of the dynamic
-security plugin. Devices are registered and revoked through tools.mqtt_accounts and
-`python -m tools.credentials`, as operators do. The clients are paho-mqtt (MQTT v5), so that
-the broker's reason codes (CONNACK, PUBACK, SUBACK) are what the tests read.
+The broker is started the way `make up` starts it (deploy/local/stack.sh sourced: certs.sh's
+certs_ensure, then mosquitto_start and mosquitto_wait), with a private STACK_DIR and free
+ports: its own CA and server certificate, the rendered config of deploy/mosquitto/, the
+accounts file of the dynamic security plugin. Devices are registered and revoked through
+tools.mqtt_accounts and `python -m tools.credentials`, as operators do. The clients are
+paho-mqtt (MQTT v5), so that the broker's reason codes (CONNACK, PUBACK, SUBACK) are what the
+tests read.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def broker() -> Iterator[Broker]:
         started = stack_sh(
             env,
             'trap \'on_error $? "$BASH_COMMAND"\' ERR; mkdir -p "$STACK" "$LOGS" "$RUN"; '
-            "server_start mosquitto; mosquitto_wait",
+            "certs_ensure; server_start mosquitto; mosquitto_wait",
         )
         if started.returncode != 0:
             pytest.fail(f"mosquitto did not start:\n{started.stdout}\n{started.stderr}")

@@ -594,8 +594,8 @@ def test_the_local_stack_renders_the_compose_mosquitto_conf_changing_only_addres
         f"persistence_location {tmp_path}/mosquitto/data/",
         f"log_dest file {tmp_path}/logs/mosquitto.log",
         "listener 38883 127.0.0.1",
-        f"certfile {tmp_path}/certs/mosquitto.crt",
-        f"keyfile {tmp_path}/certs/mosquitto.key",
+        f"certfile {tmp_path}/mosquitto/tls/mosquitto.crt",
+        f"keyfile {tmp_path}/mosquitto/tls/mosquitto.key",
         plugin,
         f"plugin_opt_config_file {tmp_path}/mosquitto/dynamic-security.json",
     }
