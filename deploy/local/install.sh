@@ -197,14 +197,14 @@ keycloak_install() {
   java_home=$(keycloak_java_home) ||
     die "Keycloak $KEYCLOAK_VERSION needs Java 21 or newer: none in JAVA_HOME, PATH or /usr/lib/jvm (set KEYCLOAK_JAVA_HOME)"
   if ! command -v mvn >/dev/null; then apt_install maven; fi
-  local log="$LOGS/keycloak-install.log" dist="$CACHE/downloads"
-  local archive="$dist/keycloak-quarkus-dist-$KEYCLOAK_VERSION.tar.gz"
+  local log="$LOGS/keycloak-install.log"
+  local archive="$CACHE/m2/org/keycloak/keycloak-quarkus-dist/$KEYCLOAK_VERSION/keycloak-quarkus-dist-$KEYCLOAK_VERSION.tar.gz"
   if [[ ! -f $archive ]]; then
     step "Keycloak $KEYCLOAK_VERSION: fetching keycloak-quarkus-dist from Maven Central (~160 MB)" "$log"
-    mkdir -p "$dist"
-    mvn -B -q -Dmaven.repo.local="$CACHE/m2" dependency:copy \
-      -Dartifact="org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION:tar.gz" \
-      -DoutputDirectory="$dist" >"$log" 2>&1
+    # Into the Maven repository of .stack/m2, where the archive stays (no second copy).
+    mvn -B -q -Dmaven.repo.local="$CACHE/m2" dependency:get -Dtransitive=false \
+      -Dartifact="org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION:tar.gz" >"$log" 2>&1
+    [[ -f $archive ]] || die "Maven did not leave $archive"
   fi
   step "Keycloak $KEYCLOAK_VERSION: unpacking into .stack/keycloak-$KEYCLOAK_VERSION" "$log"
   rm -rf "$KEYCLOAK_HOME" "$KEYCLOAK_HOME.tmp"

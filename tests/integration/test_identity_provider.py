@@ -70,6 +70,7 @@ def verified(token: str) -> dict[str, Any]:
 
 
 def token(*args: str) -> str:
+    discovery()
     done = credentials("token", "--scope", "readings:write", *args)
     assert done.returncode == 0, f"tools.credentials token failed:\n{done.stderr}"
     lines = done.stdout.splitlines()
