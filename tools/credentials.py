@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,9 +56,25 @@ class CredentialsSettings(BaseSettings):
     # STACK_DIR has its own: point this at $STACK_DIR/secrets/keycloak).
     idp_secrets_dir: Path | None = None
     idp_timeout_s: float = Field(default=10.0, gt=0)
+    # The CA an https IDP_URL's certificate must verify against. None: the local stack's,
+    # <repo>/.stack/certs/ca.crt.
+    idp_ca_file: Path | None = None
 
     def secrets_dir(self) -> Path:
         return self.idp_secrets_dir or REPO_ROOT / ".stack" / "secrets" / "keycloak"
+
+    def tls_verify(self) -> ssl.SSLContext | bool:
+        """For an https IDP_URL, a context that trusts only that CA (TLS 1.2 or newer)."""
+        if not self.idp_url.startswith("https://"):
+            return True
+        path = self.idp_ca_file or REPO_ROOT / ".stack" / "certs" / "ca.crt"
+        try:
+            context = ssl.create_default_context(cafile=str(path))
+        except (OSError, ssl.SSLError) as exc:
+            message = f"cannot load the CA file {path} (IDP_CA_FILE): {exc}"
+            raise ConfigurationError(message) from exc
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
 
     def token_endpoint(self) -> str:
         return f"{self.idp_url.rstrip('/')}/protocol/openid-connect/token"
@@ -106,11 +123,27 @@ def provisioner_client(settings: CredentialsSettings) -> Client:
     return Client(client_id, secret)
 
 
+def untrusted_certificate(exc: BaseException) -> bool:
+    """Whether a failed connection was a TLS certificate that did not verify: a wrong CA file
+    or server certificate, not a server that is away."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _send(http: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
     """One request; no answer or a 5xx is IdpUnavailable (the caller may try later)."""
     try:
         response = http.request(method, url, **kwargs)
     except httpx.HTTPError as exc:
+        if untrusted_certificate(exc):
+            raise CredentialsError(
+                f"the identity provider's certificate at {url} does not verify against the CA "
+                f"file (IDP_CA_FILE): {exc}"
+            ) from exc
         raise IdpUnavailable(
             f"cannot reach the identity provider at {url} ({exc}): is it running (`make up`)?"
         ) from exc
@@ -228,7 +261,7 @@ def device_client(http: httpx.Client, settings: CredentialsSettings, device_id: 
 
 def access_token(settings: CredentialsSettings, scope: str, device_id: str | None = None) -> str:
     """An access token with that scope: the fleet's, or bound to one device."""
-    with httpx.Client(timeout=settings.idp_timeout_s) as http:
+    with httpx.Client(timeout=settings.idp_timeout_s, verify=settings.tls_verify()) as http:
         if device_id is None:
             client = fleet_client(settings)
         else:

@@ -24,6 +24,8 @@ PG_MAJOR=${PG_MAJOR:-15}
 KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xmx512m -Xms256m}
 KEYCLOAK_PORT=${KEYCLOAK_PORT:-8180}
 KEYCLOAK_MANAGEMENT_PORT=${KEYCLOAK_MANAGEMENT_PORT:-9190}
+# off: plain HTTP on 127.0.0.1 (for now); on: HTTPS with the local CA's certificate for Keycloak.
+KEYCLOAK_TLS=${KEYCLOAK_TLS:-off}
 START_TIMEOUT=${STACK_START_TIMEOUT:-120}
 STOP_TIMEOUT=${STACK_STOP_TIMEOUT:-30}
 
@@ -52,6 +54,10 @@ KEYCLOAK_VERSION=26.4.7
 KEYCLOAK_HOME="$CACHE/keycloak-$KEYCLOAK_VERSION"
 KEYCLOAK_DIR="$STACK/keycloak"
 KEYCLOAK_CONF="$KEYCLOAK_DIR/keycloak.conf"
+# The local CA and Keycloak's server certificate (PEM), for KEYCLOAK_TLS=on.
+STACK_CA="$STACK/certs/ca.crt"
+KEYCLOAK_CERT="$STACK/certs/keycloak.crt"
+KEYCLOAK_KEY="$STACK/certs/keycloak.key"
 KEYCLOAK_REALM=sensor-pipeline
 KEYCLOAK_REALM_FILE="$(cd "$SCRIPT_DIR/../keycloak" && pwd)/realm.json"
 # What `kc.sh build` bakes into the distribution (build options); changing it rebuilds.

@@ -12,6 +12,7 @@
 # only. Settings (environment, with defaults):
 #   KAFKA_PORT=9092  KAFKA_CONTROLLER_PORT=9093  MQTT_PORT=1883  PG_PORT=5432  PG_MAJOR=15
 #   KEYCLOAK_PORT=8180  KEYCLOAK_MANAGEMENT_PORT=9190  KEYCLOAK_JAVA_HOME=(a JDK 21+, found if unset)
+#   KEYCLOAK_TLS=off (on: HTTPS with STACK_DIR/certs/keycloak.crt and .key)
 #   KAFKA_HEAP_OPTS="-Xmx512m -Xms256m"  STACK_START_TIMEOUT=120 (seconds, per server)
 #   STACK_DIR=<repo>/.stack (the servers' state; downloads and builds stay in .stack/)
 # See deploy/local/README.md.
@@ -408,7 +409,6 @@ EOF
 }
 
 # ---------------------------------------------------------------- Keycloak
-keycloak_conf_port() { sed -n 's|^http-port=\([0-9]*\)$|\1|p' "$KEYCLOAK_CONF" 2>/dev/null; }
 
 # The realm's clients' secrets, its users' passwords and the bootstrap admin's (master realm)
 # password: generated once per STACK_DIR, never committed. The realm file names them as
@@ -437,18 +437,35 @@ keycloak_secrets() {
 
 keycloak_secret() { cat "$KEYCLOAK_SECRETS/$1"; } # FILE: one of KEYCLOAK_SECRET_FILES
 
-# Plain HTTP on 127.0.0.1 for now. For HTTPS: https-port, https-certificate-file and
-# https-certificate-key-file (PEM) in place of http-enabled/http-port, and an https hostname.
+keycloak_conf_port() { sed -n 's|^https\{0,1\}-port=\([0-9]*\)$|\1|p' "$KEYCLOAK_CONF" 2>/dev/null; }
+
+# keycloak_scheme: http, or https when KEYCLOAK_TLS=on (then with the local CA's certificate
+# for Keycloak, STACK_DIR/certs/keycloak.crt and .key, on the same ports).
+keycloak_scheme() { if [[ $KEYCLOAK_TLS == on ]]; then echo https; else echo http; fi; }
+
+keycloak_listener() { # the config lines of the listener: plain HTTP, or HTTPS (KEYCLOAK_TLS=on)
+  if [[ $KEYCLOAK_TLS != on ]]; then
+    printf '%s\n' "http-enabled=true" "http-port=$KEYCLOAK_PORT"
+    return 0
+  fi
+  [[ -f $KEYCLOAK_CERT && -f $KEYCLOAK_KEY ]] ||
+    die "KEYCLOAK_TLS=on needs the certificate $KEYCLOAK_CERT and its key $KEYCLOAK_KEY"
+  # The management interface (health) serves TLS with the same certificate.
+  printf '%s\n' "http-enabled=false" "https-port=$KEYCLOAK_PORT" \
+    "https-certificate-file=$KEYCLOAK_CERT" "https-certificate-key-file=$KEYCLOAK_KEY"
+}
+
 keycloak_render_config() {
+  local listener
+  listener=$(keycloak_listener)
   cat >"$KEYCLOAK_CONF" <<EOC
 # Rendered by deploy/local/stack.sh on every 'up'; edits here are overwritten.
 # Build options (db=dev-file, health-enabled) are baked in by 'kc.sh build' (install.sh).
-http-enabled=true
 http-host=127.0.0.1
-http-port=$KEYCLOAK_PORT
+$listener
 http-management-port=$KEYCLOAK_MANAGEMENT_PORT
 # The issuer of every token: fixed, whatever Host header a client sends.
-hostname=http://127.0.0.1:$KEYCLOAK_PORT
+hostname=$(keycloak_scheme)://127.0.0.1:$KEYCLOAK_PORT
 hostname-backchannel-dynamic=false
 # One node: no cluster discovery.
 cache=local
@@ -459,7 +476,7 @@ EOC
 }
 
 keycloak_start() {
-  step "Keycloak: starting on 127.0.0.1:$KEYCLOAK_PORT (management :$KEYCLOAK_MANAGEMENT_PORT)" \
+  step "Keycloak: starting on $(keycloak_scheme)://127.0.0.1:$KEYCLOAK_PORT (management :$KEYCLOAK_MANAGEMENT_PORT)" \
     "$LOGS/keycloak.log"
   local p java_home
   for p in "$KEYCLOAK_PORT" "$KEYCLOAK_MANAGEMENT_PORT"; do
@@ -490,14 +507,19 @@ keycloak_start() {
 keycloak_wait() {
   step "Keycloak: waiting for /health/ready and realm $KEYCLOAK_REALM" "$LOGS/keycloak.log"
   local deadline=$((SECONDS + START_TIMEOUT))
-  local realm_url="http://127.0.0.1:$KEYCLOAK_PORT/realms/$KEYCLOAK_REALM" pid
+  local scheme realm_url pid curl_tls=()
+  scheme=$(keycloak_scheme)
+  realm_url="$scheme://127.0.0.1:$KEYCLOAK_PORT/realms/$KEYCLOAK_REALM"
+  if [[ $scheme == https ]]; then curl_tls=(--cacert "$STACK_CA"); fi
   pid=$(cat "$RUN/keycloak.pid")
   while ((SECONDS < deadline)); do
     # By pid alone: for its first moments the process is still this script's subshell,
     # before it becomes kc.sh (whose command line server_pid looks for).
     kill -0 "$pid" 2>/dev/null || die "the Keycloak process exited"
-    if curl -fsS -o /dev/null --max-time 5 "http://127.0.0.1:$KEYCLOAK_MANAGEMENT_PORT/health/ready" 2>/dev/null &&
-      curl -fsS -o /dev/null --max-time 5 "$realm_url/.well-known/openid-configuration" 2>/dev/null; then
+    if curl -fsS -o /dev/null --max-time 5 "${curl_tls[@]}" \
+      "$scheme://127.0.0.1:$KEYCLOAK_MANAGEMENT_PORT/health/ready" 2>/dev/null &&
+      curl -fsS -o /dev/null --max-time 5 "${curl_tls[@]}" \
+        "$realm_url/.well-known/openid-configuration" 2>/dev/null; then
       note "Keycloak: ready ($realm_url; secrets in $KEYCLOAK_SECRETS)"
       return 0
     fi

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import subprocess
 import sys
 import uuid
@@ -26,13 +27,16 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = CredentialsSettings()
+# An https IDP_URL: trust only the configured (or the local stack's) CA, as the tool does.
+VERIFY = SETTINGS.tls_verify()
+SSL_CONTEXT = VERIFY if isinstance(VERIFY, ssl.SSLContext) else None
 
 
 def discovery() -> dict[str, Any]:
     """The realm's OpenID configuration; fails (never skips) when the realm does not answer."""
     url = f"{SETTINGS.idp_url}/.well-known/openid-configuration"
     try:
-        response = httpx.get(url, timeout=10)
+        response = httpx.get(url, timeout=10, verify=VERIFY)
     except httpx.HTTPError as exc:
         pytest.fail(f"the identity provider does not answer at {url} ({exc}): run `make up` first")
     if response.status_code != 200:
@@ -57,7 +61,9 @@ def verified(token: str) -> dict[str, Any]:
     """The token's claims once its signature is checked against the realm's JWKS, with its
     issuer, audience and expiry required, as the ingest API checks them."""
     config = discovery()
-    key = jwt.PyJWKClient(config["jwks_uri"]).get_signing_key_from_jwt(token)
+    key = jwt.PyJWKClient(config["jwks_uri"], ssl_context=SSL_CONTEXT).get_signing_key_from_jwt(
+        token
+    )
     claims: dict[str, Any] = jwt.decode(
         token,
         key.key,
@@ -137,10 +143,11 @@ def user_token(username: str) -> dict[str, Any]:
             "password": password,
         },
         timeout=10,
+        verify=VERIFY,
     )
     assert response.status_code == 200, response.text
     raw = response.json()["access_token"]
-    key = jwt.PyJWKClient(config["jwks_uri"]).get_signing_key_from_jwt(raw)
+    key = jwt.PyJWKClient(config["jwks_uri"], ssl_context=SSL_CONTEXT).get_signing_key_from_jwt(raw)
     claims: dict[str, Any] = jwt.decode(
         raw, key.key, algorithms=["RS256"], issuer=config["issuer"], options={"verify_aud": False}
     )
@@ -175,6 +182,7 @@ def test_a_user_with_a_wrong_password_gets_no_token() -> None:
             "password": "not-the-password",
         },
         timeout=10,
+        verify=VERIFY,
     )
     assert response.status_code == 401, response.text
     assert response.json()["error"] == "invalid_grant"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from libs.common.errors import ConfigurationError
 from tools.credentials import (
     DEVICE_CLAIM,
     CredentialsError,
@@ -97,3 +98,16 @@ def test_a_device_id_that_cannot_name_a_client_is_refused_before_asking(device_i
     settings = CredentialsSettings(idp_url=NOWHERE, idp_provisioner_client_secret="s")
     with pytest.raises(CredentialsError, match="cannot name a client"):
         device_client(None, settings, device_id)  # type: ignore[arg-type]
+
+
+def test_a_plain_http_idp_url_needs_no_ca_file(tmp_path: Path) -> None:
+    settings = CredentialsSettings(idp_url=NOWHERE, idp_ca_file=tmp_path / "none.crt")
+    assert settings.tls_verify() is True
+
+
+def test_an_https_idp_url_with_a_missing_ca_file_is_a_configuration_error(tmp_path: Path) -> None:
+    settings = CredentialsSettings(
+        idp_url="https://127.0.0.1:9/realms/sensor-pipeline", idp_ca_file=tmp_path / "none.crt"
+    )
+    with pytest.raises(ConfigurationError, match="IDP_CA_FILE"):
+        settings.tls_verify()
