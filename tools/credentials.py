@@ -231,17 +231,25 @@ def _find_client(http: httpx.Client, admin: str, headers: dict[str, str], client
     return found[0] if found else None
 
 
-def device_client(http: httpx.Client, settings: CredentialsSettings, device_id: str) -> Client:
-    """The device's own client and its secret, created in the realm if it is new (idempotent:
-    two callers creating it at once both end with the one client)."""
+def check_device_id(device_id: str) -> None:
     if not DEVICE_ID.match(device_id):
         raise CredentialsError(
             f"device id {device_id!r} cannot name a client: letters, digits and . _ : - only, "
             "starting with a letter or digit, at most 100"
         )
+
+
+def realm_admin(http: httpx.Client, settings: CredentialsSettings) -> tuple[str, dict[str, str]]:
+    """The realm's admin API and the provisioner's authorization for it (manage-clients)."""
     admin_token = client_credentials_token(http, settings, provisioner_client(settings), None)
-    headers = {"Authorization": f"Bearer {admin_token}"}
-    admin = settings.admin_url()
+    return settings.admin_url(), {"Authorization": f"Bearer {admin_token}"}
+
+
+def device_client(http: httpx.Client, settings: CredentialsSettings, device_id: str) -> Client:
+    """The device's own client and its secret, created in the realm if it is new (idempotent:
+    two callers creating it at once both end with the one client)."""
+    check_device_id(device_id)
+    admin, headers = realm_admin(http, settings)
     representation = device_client_representation(device_id)
     client_id = representation["clientId"]
     found = _find_client(http, admin, headers, client_id)
@@ -257,6 +265,20 @@ def device_client(http: httpx.Client, settings: CredentialsSettings, device_id: 
     if secret.status_code != 200:
         raise CredentialsError(f"cannot read the secret of client {client_id}: {refusal(secret)}")
     return Client(client_id, SecretStr(secret.json()["value"]))
+
+
+def remove_device_client(http: httpx.Client, settings: CredentialsSettings, device_id: str) -> bool:
+    """Deletes the device's client, so that its secret gets no token any more (tokens already
+    issued stay valid until they expire); False if there was none."""
+    check_device_id(device_id)
+    admin, headers = realm_admin(http, settings)
+    found = _find_client(http, admin, headers, f"device-{device_id}")
+    if found is None:
+        return False
+    deleted = _send(http, "DELETE", f"{admin}/clients/{found['id']}", headers=headers)
+    if deleted.status_code not in (204, 404):
+        raise CredentialsError(f"cannot delete client device-{device_id}: {refusal(deleted)}")
+    return True
 
 
 def access_token(settings: CredentialsSettings, scope: str, device_id: str | None = None) -> str:

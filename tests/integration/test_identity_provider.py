@@ -21,7 +21,13 @@ import httpx
 import jwt
 import pytest
 
-from tools.credentials import CredentialsSettings
+from tools.credentials import (
+    CredentialsError,
+    CredentialsSettings,
+    client_credentials_token,
+    device_client,
+    remove_device_client,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +113,21 @@ def test_a_device_token_is_bound_to_that_device_and_its_client_is_made_once() ->
     assert first["device_id"] == again["device_id"] == device
     assert first["azp"] == again["azp"] == f"device-{device}"
     assert first["sub"] == again["sub"], "the second call made another client"
+    with httpx.Client(timeout=10, verify=VERIFY) as http:
+        remove_device_client(http, SETTINGS, device)
     assert "readings:write" in first["scope"].split()
+
+
+def test_a_removed_device_client_gets_no_more_tokens() -> None:
+    discovery()
+    device = f"test-dev-{uuid.uuid4().hex[:8]}"
+    with httpx.Client(timeout=10, verify=VERIFY) as http:
+        client = device_client(http, SETTINGS, device)
+        assert verified(client_credentials_token(http, SETTINGS, client, "readings:write"))
+        assert remove_device_client(http, SETTINGS, device) is True
+        with pytest.raises(CredentialsError, match="refused a token"):
+            client_credentials_token(http, SETTINGS, client, "readings:write")
+        assert remove_device_client(http, SETTINGS, device) is False
 
 
 def test_a_wrong_client_secret_is_refused_with_exit_2_and_the_reason() -> None:
