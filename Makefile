@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lock up down status setup lint unit test run soak tools bench
+.PHONY: venv lock up down status rotate-certs setup lint unit test run soak tools bench
 
 # The exact packages (with their hashes) of pyproject's dependencies and of its [test] extra:
 # `make venv` and the Dockerfile install these, not whatever is newest that day.
@@ -45,6 +45,10 @@ down:
 
 status:
 	bash deploy/local/stack.sh status
+
+## New server keys and certificates from the local CA (CA=1: a new CA too); lists what to restart.
+rotate-certs:
+	bash deploy/local/stack.sh rotate-certs $(if $(CA),--ca)
 
 ## Create the Kafka topics and apply the database migrations (idempotent).
 setup: venv up

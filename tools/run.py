@@ -26,6 +26,14 @@ from typing import IO
 import asyncpg
 import httpx
 import structlog
+
+try:
+    import rich  # noqa: F401  (the live view; in the `tools` extra, which the service image lacks)
+except ModuleNotFoundError as missing:
+    raise SystemExit(
+        "tools.run draws its live view with rich, from the tools extra: "
+        "pip install 'sensor-pipeline[tools]'"
+    ) from missing
 from rich.console import Console
 from rich.text import Text
 

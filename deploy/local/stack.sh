@@ -5,6 +5,7 @@
 #
 #   bash deploy/local/stack.sh up|down|status      (make up / make down / make status)
 #   bash deploy/local/stack.sh up|down NAME...     (only those servers: kafka mosquitto postgres keycloak)
+#   bash deploy/local/stack.sh rotate-certs [--ca] (make rotate-certs; see certs.sh)
 #
 # `up` first runs the cached installs of install.sh, then starts and waits for each server;
 # this file only supervises them. Everything it makes (jars, builds, data, logs, pid files,
@@ -20,6 +21,8 @@ set -Eeuo pipefail
 
 # shellcheck source=deploy/local/install.sh
 . "$(dirname "${BASH_SOURCE[0]}")/install.sh"
+# shellcheck source=deploy/local/certs.sh
+. "$(dirname "${BASH_SOURCE[0]}")/certs.sh"
 trap 'on_error $? "$BASH_COMMAND"' ERR
 
 # ---------------------------------------------------------------- the servers
@@ -561,6 +564,9 @@ cmd_up() {
   lock
   say "Local stack in $STACK"
   install_all "${CHOSEN[@]}"
+  step "certificates: checking $CERTS"
+  certs_ensure
+  certs_restart_note
   # Start them all, then wait, Kafka last: the JVMs start while the others come up.
   step "starting the servers"
   for name in "${CHOSEN[@]}"; do server_start "$name"; done
@@ -584,6 +590,15 @@ cmd_down() {
   if [[ $any -eq 0 ]]; then say "Nothing of the stack was running"; else say "Stack stopped"; fi
 }
 
+# rotate-certs [--ca]: new server keys and certificates signed by the same CA (--ca: a new CA
+# as well), then the list of servers that must be restarted to load them.
+cmd_rotate_certs() {
+  mkdir -p "$STACK"
+  lock
+  certs_rotate "$@"
+  certs_restart_note
+}
+
 cmd_status() {
   local name pid
   for name in "${SERVERS[@]}"; do
@@ -601,8 +616,16 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
     up) cmd_up "${@:2}" ;;
     down) cmd_down "${@:2}" ;;
     status) cmd_status ;;
+    rotate-certs)
+      shift
+      [[ $# -eq 0 || ($# -eq 1 && $1 == --ca) ]] || {
+        echo "usage: bash deploy/local/stack.sh rotate-certs [--ca]" >&2
+        exit 2
+      }
+      cmd_rotate_certs "$@"
+      ;;
     *)
-      echo "usage: bash deploy/local/stack.sh up|down [NAME...] | status" >&2
+      echo "usage: bash deploy/local/stack.sh up|down [NAME...] | status | rotate-certs [--ca]" >&2
       exit 2
       ;;
   esac

@@ -6,6 +6,7 @@ point at the local stack of docs/architecture.md.
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -30,6 +31,11 @@ class PipelineSettings(BaseSettings):
     database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
     # The schema holding the pipeline's tables (tests use one schema each).
     database_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    # The CA the clients trust for the servers' certificates. None: the local stack's CA,
+    # <repo>/.stack/certs/ca.crt (libs.common.tls.local_ca_file, resolved at run time so that
+    # no machine path is a committed default). A stack in another STACK_DIR has its own CA:
+    # point this at $STACK_DIR/certs/ca.crt.
+    tls_ca_file: Path | None = None
     log_level: str = "INFO"
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=1, le=65535)

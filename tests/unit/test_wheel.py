@@ -138,3 +138,17 @@ def test_each_console_script_answers_version_in_the_runtime_venv(built: Built, s
         run([executable, "--version"], cwd=built.cwd).strip()
         == f"sensor-pipeline {PROJECT['version']}"
     )
+
+
+def test_sensor_run_without_the_tools_extra_says_which_extra_it_needs(built: Built) -> None:
+    done = subprocess.run(
+        [str(built.prefix / "bin" / "sensor-run"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=built.cwd,
+    )
+    assert done.returncode == 1
+    assert "pip install 'sensor-pipeline[tools]'" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,43 @@
+"""TLS for the pipeline's clients: where the local stack's CA is, and the one client context
+(TLS 1.2 or newer, the server's certificate and host name verified) every connection uses."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from libs.common.errors import ConfigurationError
+
+# The checkout's root: libs/common/tls.py -> the repo. Computed at run time, so that no
+# machine's path is ever written into a default or a generated file.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def local_ca_file() -> Path:
+    """The CA that `make up` creates for the local stack (deploy/local/certs.sh)."""
+    return REPO_ROOT / ".stack" / "certs" / "ca.crt"
+
+
+def ca_file(configured: Path | None = None) -> Path:
+    """The CA file to trust: the one configured (TLS_CA_FILE), else the local stack's."""
+    return configured if configured is not None else local_ca_file()
+
+
+def client_context(configured_ca: Path | None = None) -> ssl.SSLContext:
+    """A client context that trusts only that CA, refuses anything older than TLS 1.2, and
+    checks the server's certificate and that it names the host connected to."""
+    path = ca_file(configured_ca)
+    if not path.is_file():
+        raise ConfigurationError(
+            f"TLS CA file {path} does not exist: set TLS_CA_FILE, or run `make up` to create "
+            "the local stack's CA"
+        )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.check_hostname = True
+    try:
+        context.load_verify_locations(cafile=str(path))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigurationError(f"TLS CA file {path} cannot be read as PEM: {exc}") from exc
+    return context
