@@ -17,7 +17,7 @@ from libs.common.version import __version__
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("ingest", "validate", "enrich", "store")
-TOOLS = ("setup", "replay", "simulate", "run")
+TOOLS = ("setup", "replay", "simulate", "run", "credentials")
 # Addresses where nothing listens: a tool that started its work would fail or hang, and log it.
 NOWHERE = {
     "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
