@@ -35,7 +35,7 @@ lock:
 	$(UV) pip compile pyproject.toml $(LOCK_FLAGS) -o $(RUNTIME_LOCK)
 	$(UV) pip compile pyproject.toml --extra test -c $(RUNTIME_LOCK) $(LOCK_FLAGS) -o $(DEV_LOCK)
 
-## Install (once, cached) and start Kafka, Mosquitto and PostgreSQL+TimescaleDB as local processes.
+## Install (once, cached) and start Kafka, Mosquitto, PostgreSQL+TimescaleDB and Keycloak as local processes.
 up:
 	bash deploy/local/stack.sh up
 

@@ -1,72 +1,380 @@
-"""`python -m tools.credentials`: credentials of the local stack for operators and tests.
+"""`python -m tools.credentials`: credentials for the pipeline's clients, from the local stack's
+servers that issue them.
 
-    python -m tools.credentials device <device_id>   one JSON object: device_id, mqtt_url,
-                                                     username, password, ca_file (registers
-                                                     the device if it is new; idempotent)
-    python -m tools.credentials revoke <device_id>   deletes the device's MQTT account
+  token --scope readings:write [--device ID]
+      prints an access token (a JWT) for the HTTP ingest API from the identity provider
+      (Keycloak, realm sensor-pipeline): the client-credentials grant of the device fleet's
+      client. With --device, the token is bound to that device (claim device_id): it comes from
+      the device's own client, device-<ID>, created in the realm on first use.
+  device <device_id>
+      prints one JSON object {device_id, mqtt_url, username, password, ca_file}: the device's
+      account on Mosquitto's TLS listener, registered if it is new (the same every time).
+  revoke <device_id>
+      deletes the device's MQTT account (its session is cut, its next connect refused) and
+      prints {device_id, revoked}.
 
-The MQTT accounts are those of Mosquitto's TLS listener (tools.mqtt_accounts); the settings
-(STACK_DIR, MQTT_TLS_PORT, TLS_CA_FILE, MQTT_ADMIN_PASSWORD) default to what `make up` made.
-A refusal exits 1 with one line on stderr; an unreachable broker exits 2.
+The clients' secrets are the ones `make up` generated into the stack folder
+(.stack/secrets/keycloak), unless settings name others; the MQTT accounts are those of
+tools.mqtt_accounts (STACK_DIR, MQTT_TLS_PORT, TLS_CA_FILE, MQTT_ADMIN_PASSWORD). Exit 2 when the
+identity provider or the broker refuses (a wrong secret, an unknown scope, a bad device id) or a
+setting is wrong, 1 when it cannot be reached.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
+import ssl
 import sys
-from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import httpx
 import orjson
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from libs.common.cli import argument_parser
-from libs.common.errors import AccountError, ConfigurationError, MqttUnavailable
+from libs.common.cli import argument_parser, settings_problems
+from libs.common.errors import ConfigurationError, PipelineError, TransientError
 from tools.mqtt_accounts import MqttAccountsSettings, register_device, revoke_device
 
-
-def _print_json(value: object) -> None:
-    sys.stdout.write(orjson.dumps(value).decode() + "\n")
-
-
-def cmd_device(args: argparse.Namespace) -> None:
-    credentials = asyncio.run(register_device(MqttAccountsSettings(), args.device_id))
-    _print_json(credentials.as_json())
+# The checkout's root (tools/credentials.py -> the repo), resolved at run time so that no
+# machine's path is a committed default.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEVICE_CLAIM = "device_id"
+# A device's own client is named device-<id>; Keycloak client ids are kept to these characters.
+DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
 
 
-def cmd_revoke(args: argparse.Namespace) -> None:
-    revoked = asyncio.run(revoke_device(MqttAccountsSettings(), args.device_id))
-    _print_json({"device_id": args.device_id, "revoked": revoked})
+class CredentialsSettings(BaseSettings):
+    """Where the identity provider is and which clients the tool asks it as."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    idp_url: str = Field(
+        default="http://127.0.0.1:8180/realms/sensor-pipeline",
+        description="The realm's URL, which is also the tokens' issuer (iss).",
+    )
+    idp_fleet_client_id: str = "fleet-simulator"
+    idp_fleet_client_secret: SecretStr | None = Field(
+        default=None, description="None: the stack folder's <client id>.secret file."
+    )
+    idp_provisioner_client_id: str = "pipeline-provisioner"
+    idp_provisioner_client_secret: SecretStr | None = None
+    # None: <repo>/.stack/secrets/keycloak, where `make up` writes them (a stack in another
+    # STACK_DIR has its own: point this at $STACK_DIR/secrets/keycloak).
+    idp_secrets_dir: Path | None = None
+    idp_timeout_s: float = Field(default=10.0, gt=0)
+    # The CA an https IDP_URL's certificate must verify against. None: the local stack's,
+    # <repo>/.stack/certs/ca.crt.
+    idp_ca_file: Path | None = None
+
+    def secrets_dir(self) -> Path:
+        return self.idp_secrets_dir or REPO_ROOT / ".stack" / "secrets" / "keycloak"
+
+    def tls_verify(self) -> ssl.SSLContext | bool:
+        """For an https IDP_URL, a context that trusts only that CA (TLS 1.2 or newer)."""
+        if not self.idp_url.startswith("https://"):
+            return True
+        path = self.idp_ca_file or REPO_ROOT / ".stack" / "certs" / "ca.crt"
+        try:
+            context = ssl.create_default_context(cafile=str(path))
+        except (OSError, ssl.SSLError) as exc:
+            message = f"cannot load the CA file {path} (IDP_CA_FILE): {exc}"
+            raise ConfigurationError(message) from exc
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+    def token_endpoint(self) -> str:
+        return f"{self.idp_url.rstrip('/')}/protocol/openid-connect/token"
+
+    def admin_url(self) -> str:
+        """The realm's admin REST API: .../realms/<realm> -> .../admin/realms/<realm>."""
+        base, _, realm = self.idp_url.rstrip("/").rpartition("/realms/")
+        return f"{base}/admin/realms/{realm}"
+
+
+class CredentialsError(PipelineError):
+    """The identity provider refused what was asked, or a setting is wrong: asking again with
+    the same input gives the same answer."""
+
+
+class IdpUnavailable(TransientError):
+    """The identity provider could not be reached or answered with a server error."""
+
+
+@dataclass(frozen=True)
+class Client:
+    client_id: str
+    secret: SecretStr
+
+
+def stack_secret(settings: CredentialsSettings, client_id: str) -> SecretStr:
+    """A client's secret as `make up` generated it into the stack folder."""
+    path = settings.secrets_dir() / f"{client_id}.secret"
+    try:
+        return SecretStr(path.read_text().strip())
+    except OSError as exc:
+        raise ConfigurationError(
+            f"no secret for client {client_id} in {path} ({exc.strerror}): run `make up`, or set "
+            f"IDP_SECRETS_DIR to the stack's secrets/keycloak folder"
+        ) from exc
+
+
+def fleet_client(settings: CredentialsSettings) -> Client:
+    client_id = settings.idp_fleet_client_id
+    return Client(client_id, settings.idp_fleet_client_secret or stack_secret(settings, client_id))
+
+
+def provisioner_client(settings: CredentialsSettings) -> Client:
+    client_id = settings.idp_provisioner_client_id
+    secret = settings.idp_provisioner_client_secret or stack_secret(settings, client_id)
+    return Client(client_id, secret)
+
+
+def untrusted_certificate(exc: BaseException) -> bool:
+    """Whether a failed connection was a TLS certificate that did not verify: a wrong CA file
+    or server certificate, not a server that is away."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _send(http: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """One request; no answer or a 5xx is IdpUnavailable (the caller may try later)."""
+    try:
+        response = http.request(method, url, **kwargs)
+    except httpx.HTTPError as exc:
+        if untrusted_certificate(exc):
+            raise CredentialsError(
+                f"the identity provider's certificate at {url} does not verify against the CA "
+                f"file (IDP_CA_FILE): {exc}"
+            ) from exc
+        raise IdpUnavailable(
+            f"cannot reach the identity provider at {url} ({exc}): is it running (`make up`)?"
+        ) from exc
+    if response.status_code >= 500:
+        raise IdpUnavailable(f"the identity provider answered {response.status_code} at {url}")
+    return response
+
+
+def refusal(response: httpx.Response) -> str:
+    """The OAuth 2.0 error of a refused request, as Keycloak words it."""
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}"
+    if not isinstance(body, dict):
+        return f"HTTP {response.status_code}"
+    error = body.get("error") or body.get("errorMessage") or f"HTTP {response.status_code}"
+    description = body.get("error_description")
+    return f"{error} ({description})" if description else str(error)
+
+
+def client_credentials_token(
+    http: httpx.Client, settings: CredentialsSettings, client: Client, scope: str | None
+) -> str:
+    """An access token for the client itself (the client-credentials grant)."""
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": client.client_id,
+        "client_secret": client.secret.get_secret_value(),
+    }
+    if scope:
+        form["scope"] = scope
+    response = _send(http, "POST", settings.token_endpoint(), data=form)
+    if response.status_code != 200:
+        raise CredentialsError(
+            f"the identity provider refused a token to client {client.client_id}"
+            f"{f' with scope {scope}' if scope else ''}: {refusal(response)}"
+        )
+    token = response.json().get("access_token")
+    if not isinstance(token, str) or not token:
+        raise CredentialsError(f"the identity provider's answer to {client.client_id} has no token")
+    return token
+
+
+def device_client_representation(device_id: str) -> dict[str, Any]:
+    """The realm's client of one device: client credentials only, and a claim naming the device
+    in every token it gets (the realm adds scope readings:write as optional, as to any client)."""
+    return {
+        "clientId": f"device-{device_id}",
+        "name": f"Device {device_id}: its tokens carry {DEVICE_CLAIM}={device_id}",
+        "enabled": True,
+        "protocol": "openid-connect",
+        "publicClient": False,
+        "clientAuthenticatorType": "client-secret",
+        "serviceAccountsEnabled": True,
+        "standardFlowEnabled": False,
+        "implicitFlowEnabled": False,
+        "directAccessGrantsEnabled": False,
+        "attributes": {DEVICE_CLAIM: device_id},
+        "protocolMappers": [
+            {
+                "name": DEVICE_CLAIM,
+                "protocol": "openid-connect",
+                "protocolMapper": "oidc-hardcoded-claim-mapper",
+                "config": {
+                    "claim.name": DEVICE_CLAIM,
+                    "claim.value": device_id,
+                    "jsonType.label": "String",
+                    "access.token.claim": "true",
+                    "id.token.claim": "false",
+                    "introspection.token.claim": "true",
+                },
+            }
+        ],
+    }
+
+
+def _find_client(http: httpx.Client, admin: str, headers: dict[str, str], client_id: str) -> Any:
+    response = _send(
+        http, "GET", f"{admin}/clients", params={"clientId": client_id}, headers=headers
+    )
+    if response.status_code != 200:
+        raise CredentialsError(f"cannot list the realm's clients: {refusal(response)}")
+    found = [c for c in response.json() if c.get("clientId") == client_id]
+    return found[0] if found else None
+
+
+def check_device_id(device_id: str) -> None:
+    if not DEVICE_ID.match(device_id):
+        raise CredentialsError(
+            f"device id {device_id!r} cannot name a client: letters, digits and . _ : - only, "
+            "starting with a letter or digit, at most 100"
+        )
+
+
+def realm_admin(http: httpx.Client, settings: CredentialsSettings) -> tuple[str, dict[str, str]]:
+    """The realm's admin API and the provisioner's authorization for it (manage-clients)."""
+    admin_token = client_credentials_token(http, settings, provisioner_client(settings), None)
+    return settings.admin_url(), {"Authorization": f"Bearer {admin_token}"}
+
+
+def device_client(http: httpx.Client, settings: CredentialsSettings, device_id: str) -> Client:
+    """The device's own client and its secret, created in the realm if it is new (idempotent:
+    two callers creating it at once both end with the one client)."""
+    check_device_id(device_id)
+    admin, headers = realm_admin(http, settings)
+    representation = device_client_representation(device_id)
+    client_id = representation["clientId"]
+    found = _find_client(http, admin, headers, client_id)
+    if found is None:
+        created = _send(http, "POST", f"{admin}/clients", json=representation, headers=headers)
+        # 409: another caller created it in between; it is the same client.
+        if created.status_code not in (201, 409):
+            raise CredentialsError(f"cannot create client {client_id}: {refusal(created)}")
+        found = _find_client(http, admin, headers, client_id)
+        if found is None:
+            raise CredentialsError(f"client {client_id} is not in the realm after creating it")
+    secret = _send(http, "GET", f"{admin}/clients/{found['id']}/client-secret", headers=headers)
+    if secret.status_code != 200:
+        raise CredentialsError(f"cannot read the secret of client {client_id}: {refusal(secret)}")
+    return Client(client_id, SecretStr(secret.json()["value"]))
+
+
+def remove_device_client(http: httpx.Client, settings: CredentialsSettings, device_id: str) -> bool:
+    """Deletes the device's client, so that its secret gets no token any more (tokens already
+    issued stay valid until they expire); False if there was none."""
+    check_device_id(device_id)
+    admin, headers = realm_admin(http, settings)
+    found = _find_client(http, admin, headers, f"device-{device_id}")
+    if found is None:
+        return False
+    deleted = _send(http, "DELETE", f"{admin}/clients/{found['id']}", headers=headers)
+    if deleted.status_code not in (204, 404):
+        raise CredentialsError(f"cannot delete client device-{device_id}: {refusal(deleted)}")
+    return True
+
+
+def access_token(settings: CredentialsSettings, scope: str, device_id: str | None = None) -> str:
+    """An access token with that scope: the fleet's, or bound to one device."""
+    with httpx.Client(timeout=settings.idp_timeout_s, verify=settings.tls_verify()) as http:
+        if device_id is None:
+            client = fleet_client(settings)
+        else:
+            client = device_client(http, settings, device_id)
+        return client_credentials_token(http, settings, client, scope)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argument_parser(
+        prog="python -m tools.credentials",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    token = commands.add_parser(
+        "token",
+        help="print an access token for the HTTP ingest API",
+        description="Print an access token (JWT) for the HTTP ingest API from the identity "
+        "provider, one line on standard output.",
+    )
+    token.add_argument(
+        "--scope", required=True, help="the scopes asked for, space-separated: readings:write"
+    )
+    token.add_argument(
+        "--device", metavar="ID", help="bind the token to this device (claim device_id)"
+    )
+    add_device_commands(commands)
+    return parser.parse_args(argv)
+
+
+# --- MQTT accounts (tools.mqtt_accounts) ----------------------------------------------------------
 
 
 def add_device_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`device` and `revoke` (MQTT accounts of devices)."""
+    """`device` and `revoke`: a device's account on Mosquitto's TLS listener."""
     device = commands.add_parser(
         "device", help="print a device's MQTT credentials as JSON, registering it if new"
     )
     device.add_argument("device_id")
-    device.set_defaults(run=cmd_device)
     revoke = commands.add_parser(
         "revoke", help="delete a device's MQTT account; its next connect is refused"
     )
     revoke.add_argument("device_id")
-    revoke.set_defaults(run=cmd_revoke)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argument_parser(
-        "python -m tools.credentials", "Credentials of the local stack, for operators and tests."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    add_device_commands(commands)
-    args = parser.parse_args(argv)
+def mqtt_account(command: str, device_id: str) -> str:
+    """The JSON line `device` or `revoke` prints."""
+    settings = MqttAccountsSettings()
+    if command == "device":
+        credentials = asyncio.run(register_device(settings, device_id))
+        return orjson.dumps(credentials.as_json()).decode()
+    revoked = asyncio.run(revoke_device(settings, device_id))
+    return orjson.dumps({"device_id": device_id, "revoked": revoked}).decode()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command in ("device", "revoke"):
+        try:
+            sys.stdout.write(mqtt_account(args.command, args.device_id) + "\n")
+        except ValidationError as error:
+            problems = settings_problems(error, MqttAccountsSettings)
+            sys.stderr.write(f"tools.credentials: bad settings\n{problems}\n")
+            return 2
+        except PipelineError as exc:
+            sys.stderr.write(f"tools.credentials {args.command}: {exc}\n")
+            return 1 if exc.retriable else 2
+        return 0
     try:
-        args.run(args)
-    except (AccountError, ConfigurationError) as error:
-        sys.stderr.write(f"credentials {args.command}: {error}\n")
-        return 1
-    except MqttUnavailable as error:
-        sys.stderr.write(f"credentials {args.command}: {error}\n")
+        settings = CredentialsSettings()
+    except ValidationError as error:
+        problems = settings_problems(error, CredentialsSettings)
+        sys.stderr.write(f"tools.credentials: bad settings\n{problems}\n")
         return 2
+    try:
+        token = access_token(settings, args.scope, args.device)
+    except PipelineError as exc:
+        sys.stderr.write(f"tools.credentials {args.command}: {exc}\n")
+        return 1 if exc.retriable else 2
+    sys.stdout.write(token + "\n")
     return 0
 
 

@@ -22,6 +22,10 @@ MQTT_PORT=${MQTT_PORT:-1883}
 PG_PORT=${PG_PORT:-5432}
 PG_MAJOR=${PG_MAJOR:-15}
 KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xmx512m -Xms256m}
+KEYCLOAK_PORT=${KEYCLOAK_PORT:-8180}
+KEYCLOAK_MANAGEMENT_PORT=${KEYCLOAK_MANAGEMENT_PORT:-9190}
+# off: plain HTTP on 127.0.0.1 (for now); on: HTTPS with the local CA's certificate for Keycloak.
+KEYCLOAK_TLS=${KEYCLOAK_TLS:-off}
 START_TIMEOUT=${STACK_START_TIMEOUT:-120}
 STOP_TIMEOUT=${STACK_STOP_TIMEOUT:-30}
 
@@ -78,6 +82,25 @@ mosquitto_dynsec_plugin() {
 }
 
 PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
+
+# Keycloak, the identity provider: the distribution from Maven Central, unpacked and built
+# (kc.sh build) once in .stack/keycloak-<version>; its own state (an H2 file database) in
+# STACK_DIR/keycloak; the realm it imports at its first start is deploy/keycloak/realm.json.
+KEYCLOAK_VERSION=26.4.7
+KEYCLOAK_HOME="$CACHE/keycloak-$KEYCLOAK_VERSION"
+KEYCLOAK_DIR="$STACK/keycloak"
+KEYCLOAK_CONF="$KEYCLOAK_DIR/keycloak.conf"
+# The local CA and Keycloak's server certificate (PEM), for KEYCLOAK_TLS=on.
+STACK_CA="$STACK/certs/ca.crt"
+KEYCLOAK_CERT="$STACK/certs/keycloak.crt"
+KEYCLOAK_KEY="$STACK/certs/keycloak.key"
+KEYCLOAK_REALM=sensor-pipeline
+KEYCLOAK_REALM_FILE="$(cd "$SCRIPT_DIR/../keycloak" && pwd)/realm.json"
+# What `kc.sh build` bakes into the distribution (build options); changing it rebuilds.
+KEYCLOAK_BUILD_OPTIONS="--db=dev-file --health-enabled=true"
+# The generated throwaway local secrets (client secrets, passwords), one file each, 0600, in
+# SECRETS (above).
+KEYCLOAK_SECRETS="$SECRETS/keycloak"
 # PG_BASE (data dir, socket dir) is .stack/pg unless the OS user `postgres` cannot reach it:
 # see pg_base() in stack.sh.
 
@@ -135,4 +158,27 @@ kafka_java_cmd() {
   # shellcheck disable=SC2206  # heap options are a word list on purpose
   KAFKA_JAVA=(java $heap_opts -Djava.awt.headless=true
     -Dlog4j2.configurationFile="$SCRIPT_DIR/kafka/$log4j" -cp "$KAFKA_LIBS/*")
+}
+
+# java_major JAVA: the major version of that java binary (0 if it does not run).
+java_major() {
+  "$1" -version 2>&1 | awk -F'"' '/version/ { split($2, a, "."); print a[1] + 0; exit }' || echo 0
+}
+
+# keycloak_java_home: prints the JDK Keycloak 26 runs on (Java 21 or newer): KEYCLOAK_JAVA_HOME
+# if set, else JAVA_HOME or the `java` on PATH if new enough, else the newest JDK in
+# /usr/lib/jvm (the machine's default Java may be 17, which Kafka is content with).
+keycloak_java_home() {
+  local home best="" best_v=0 v
+  if [[ -n ${KEYCLOAK_JAVA_HOME:-} ]]; then
+    echo "$KEYCLOAK_JAVA_HOME"
+    return 0
+  fi
+  for home in ${JAVA_HOME:+"$JAVA_HOME"} "$(dirname "$(dirname "$(readlink -f "$(command -v java || echo /nonexistent)")")")" /usr/lib/jvm/*; do
+    [[ -x $home/bin/java ]] || continue
+    v=$(java_major "$home/bin/java")
+    if ((v > best_v)); then best=$home best_v=$v; fi
+  done
+  ((best_v >= 21)) || return 1
+  echo "$best"
 }

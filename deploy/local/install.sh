@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the local stack runs, each piece once and cached (stack.sh up runs this first):
 #   the Kafka 4 jars (Maven Central, into .stack/kafka/libs), Mosquitto 2 and PostgreSQL from
-#   Debian, TimescaleDB (Debian's package, or built from Debian trixie's source package).
+#   Debian, TimescaleDB (Debian's package, or built from Debian trixie's source package),
+#   Keycloak (Maven Central's keycloak-quarkus-dist, unpacked and built into .stack/keycloak-<v>).
 #
 #   bash deploy/local/install.sh        (or source it and call install_all)
 #
@@ -183,8 +184,41 @@ timescaledb_build() {
   "${SUDO[@]}" make -C "$src/build" install >>"$blog" 2>&1
 }
 
+# ---------------------------------------------------------------- Keycloak
+# The distribution is Maven Central's org.keycloak:keycloak-quarkus-dist tar.gz, unpacked into
+# KEYCLOAK_HOME; `kc.sh build` then bakes the build options in (about 20 s), so that each start
+# is `kc.sh start --optimized`. .built holds the options it was built with.
+keycloak_install() {
+  if [[ -f "$KEYCLOAK_HOME/.built" && $(cat "$KEYCLOAK_HOME/.built") == "$KEYCLOAK_BUILD_OPTIONS" ]]; then
+    note "Keycloak $KEYCLOAK_VERSION: cached in .stack/keycloak-$KEYCLOAK_VERSION"
+    return 0
+  fi
+  local java_home
+  java_home=$(keycloak_java_home) ||
+    die "Keycloak $KEYCLOAK_VERSION needs Java 21 or newer: none in JAVA_HOME, PATH or /usr/lib/jvm (set KEYCLOAK_JAVA_HOME)"
+  if ! command -v mvn >/dev/null; then apt_install maven; fi
+  local log="$LOGS/keycloak-install.log"
+  local archive="$CACHE/m2/org/keycloak/keycloak-quarkus-dist/$KEYCLOAK_VERSION/keycloak-quarkus-dist-$KEYCLOAK_VERSION.tar.gz"
+  if [[ ! -f $archive ]]; then
+    step "Keycloak $KEYCLOAK_VERSION: fetching keycloak-quarkus-dist from Maven Central (~160 MB)" "$log"
+    # Into the Maven repository of .stack/m2, where the archive stays (no second copy).
+    mvn -B -q -Dmaven.repo.local="$CACHE/m2" dependency:get -Dtransitive=false \
+      -Dartifact="org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION:tar.gz" >"$log" 2>&1
+    [[ -f $archive ]] || die "Maven did not leave $archive"
+  fi
+  step "Keycloak $KEYCLOAK_VERSION: unpacking into .stack/keycloak-$KEYCLOAK_VERSION" "$log"
+  rm -rf "$KEYCLOAK_HOME" "$KEYCLOAK_HOME.tmp"
+  mkdir -p "$KEYCLOAK_HOME.tmp"
+  tar -xzf "$archive" -C "$KEYCLOAK_HOME.tmp" --strip-components=1 >>"$log" 2>&1
+  mv "$KEYCLOAK_HOME.tmp" "$KEYCLOAK_HOME"
+  step "Keycloak $KEYCLOAK_VERSION: kc.sh build $KEYCLOAK_BUILD_OPTIONS (once; Java $(java_major "$java_home/bin/java"))" "$log"
+  # shellcheck disable=SC2086  # the build options are a word list
+  JAVA_HOME=$java_home "$KEYCLOAK_HOME/bin/kc.sh" build $KEYCLOAK_BUILD_OPTIONS >>"$log" 2>&1
+  echo "$KEYCLOAK_BUILD_OPTIONS" >"$KEYCLOAK_HOME/.built"
+}
+
 # ---------------------------------------------------------------- all of it
-# install_all: what is missing, under a lock on the shared cache, so that two stacks (other
+# install_all [NAME...]: what is missing (of those servers; all by default), under a lock on the shared cache, so that two stacks (other
 # STACK_DIRs) starting at once do not both resolve the jars or build TimescaleDB. The lock
 # (fd 8) is let go before returning: the servers started afterwards must not hold it.
 install_all() {
@@ -195,9 +229,11 @@ install_all() {
     flock -w 900 8 || die "another install still holds .stack/install.lock after 900s"
   fi
   step "checking what is installed" "$LOGS/apt.log"
-  kafka_install
-  mosquitto_install
-  postgres_install
+  local name names=("$@")
+  ((${#names[@]})) || names=(kafka mosquitto postgres keycloak)
+  for name in "${names[@]}"; do
+    "${name}_install"
+  done
   exec 8>&-
 }
 

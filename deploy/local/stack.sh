@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The local server stack of the sensor pipeline, as plain processes (no containers):
 #   Apache Kafka 4 (KRaft, one combined broker+controller), Mosquitto 2 (MQTT v5),
-#   PostgreSQL 15 + TimescaleDB.
+#   PostgreSQL 15 + TimescaleDB, Keycloak 26 (the identity provider, realm sensor-pipeline).
 #
 #   bash deploy/local/stack.sh up|down|status      (make up / make down / make status)
+#   bash deploy/local/stack.sh up|down NAME...     (only those servers: kafka mosquitto postgres keycloak)
 #   bash deploy/local/stack.sh rotate-certs [--ca] (make rotate-certs; see certs.sh)
 #
 # `up` first runs the cached installs of install.sh, then starts and waits for each server;
@@ -12,6 +13,8 @@
 # only. Settings (environment, with defaults):
 #   KAFKA_PORT=9092  KAFKA_CONTROLLER_PORT=9093  MQTT_PORT=1883  MQTT_TLS_PORT=8883
 #   PG_PORT=5432  PG_MAJOR=15
+#   KEYCLOAK_PORT=8180  KEYCLOAK_MANAGEMENT_PORT=9190  KEYCLOAK_JAVA_HOME=(a JDK 21+, found if unset)
+#   KEYCLOAK_TLS=off (on: HTTPS with STACK_DIR/certs/keycloak.crt and .key)
 #   KAFKA_HEAP_OPTS="-Xmx512m -Xms256m"  STACK_START_TIMEOUT=120 (seconds, per server)
 #   STACK_DIR=<repo>/.stack (the servers' state; downloads and builds stay in .stack/)
 # See deploy/local/README.md.
@@ -25,7 +28,7 @@ trap 'on_error $? "$BASH_COMMAND"' ERR
 
 # ---------------------------------------------------------------- the servers
 # One row per server; up, down and status go over them in this order, except that up waits
-# for the first (Kafka) last: its JVM starts while the others come up. Each NAME has
+# for the first (Kafka) last: its JVM starts while the others come up (Keycloak's too). Each NAME has
 # NAME_start (render its config, launch it in the background, write RUN/NAME.pid),
 # NAME_wait (until it answers), NAME_conf_port (the port its rendered config says) and a
 # line in server_marker. The stop signals are sent in turn, STOP_TIMEOUT seconds apart,
@@ -48,6 +51,7 @@ read_servers <<'EOF'
 kafka      Kafka       KAFKA_PORT  TERM          SIGTERM: controlled shutdown
 mosquitto  Mosquitto   MQTT_PORT   TERM          SIGTERM
 postgres   PostgreSQL  PG_PORT     INT,QUIT      SIGINT: fast shutdown
+keycloak   Keycloak    KEYCLOAK_PORT  TERM       SIGTERM: graceful shutdown
 EOF
 
 # server_marker NAME: what the server's command line contains, so that a recycled pid is
@@ -57,6 +61,7 @@ server_marker() {
     kafka) echo "$KAFKA_CONF" ;;
     mosquitto) echo "$MQTT_CONF" ;;
     postgres) echo "$(pg_base)/data" ;;
+    keycloak) echo "$KEYCLOAK_CONF" ;;
   esac
 }
 
@@ -569,6 +574,126 @@ EOF
   note "PostgreSQL: ready (postgresql://$DB_USER:***@127.0.0.1:$PG_PORT/$DB_NAME, timescaledb $v)"
 }
 
+# ---------------------------------------------------------------- Keycloak
+
+# The realm's clients' secrets, its users' passwords and the bootstrap admin's (master realm)
+# password: generated once per STACK_DIR, never committed. The realm file names them as
+# ${SENSOR_IDP_*} placeholders, which Keycloak fills from its environment when it imports the
+# realm (its first start only: a realm that exists is not imported again).
+KEYCLOAK_SECRET_FILES=(bootstrap-admin.password fleet-simulator.secret pipeline-provisioner.secret
+  operator.password admin.password)
+
+keycloak_secrets() {
+  local file missing=()
+  mkdir -p "$KEYCLOAK_SECRETS"
+  chmod 0700 "$SECRETS" "$KEYCLOAK_SECRETS"
+  for file in "${KEYCLOAK_SECRET_FILES[@]}"; do
+    [[ -s "$KEYCLOAK_SECRETS/$file" ]] || missing+=("$file")
+  done
+  ((${#missing[@]})) || return 0
+  if compgen -G "$KEYCLOAK_DIR/h2/keycloakdb*" >/dev/null; then
+    die "Keycloak's database ($KEYCLOAK_DIR/h2) was made with secrets that are gone" \
+      "(${missing[*]} in $KEYCLOAK_SECRETS): remove $KEYCLOAK_DIR to import the realm again"
+  fi
+  for file in "${missing[@]}"; do
+    (umask 077 && head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$KEYCLOAK_SECRETS/$file")
+  done
+  note "Keycloak: generated ${missing[*]} in $KEYCLOAK_SECRETS (0600)"
+}
+
+keycloak_secret() { cat "$KEYCLOAK_SECRETS/$1"; } # FILE: one of KEYCLOAK_SECRET_FILES
+
+keycloak_conf_port() { sed -n 's|^https\{0,1\}-port=\([0-9]*\)$|\1|p' "$KEYCLOAK_CONF" 2>/dev/null; }
+
+# keycloak_scheme: http, or https when KEYCLOAK_TLS=on (then with the local CA's certificate
+# for Keycloak, STACK_DIR/certs/keycloak.crt and .key, on the same ports).
+keycloak_scheme() { if [[ $KEYCLOAK_TLS == on ]]; then echo https; else echo http; fi; }
+
+keycloak_listener() { # the config lines of the listener: plain HTTP, or HTTPS (KEYCLOAK_TLS=on)
+  if [[ $KEYCLOAK_TLS != on ]]; then
+    printf '%s\n' "http-enabled=true" "http-port=$KEYCLOAK_PORT"
+    return 0
+  fi
+  [[ -f $KEYCLOAK_CERT && -f $KEYCLOAK_KEY ]] ||
+    die "KEYCLOAK_TLS=on needs the certificate $KEYCLOAK_CERT and its key $KEYCLOAK_KEY"
+  # The management interface (health) serves TLS with the same certificate.
+  printf '%s\n' "http-enabled=false" "https-port=$KEYCLOAK_PORT" \
+    "https-certificate-file=$KEYCLOAK_CERT" "https-certificate-key-file=$KEYCLOAK_KEY"
+}
+
+keycloak_render_config() {
+  local listener
+  listener=$(keycloak_listener)
+  cat >"$KEYCLOAK_CONF" <<EOC
+# Rendered by deploy/local/stack.sh on every 'up'; edits here are overwritten.
+# Build options (db=dev-file, health-enabled) are baked in by 'kc.sh build' (install.sh).
+http-host=127.0.0.1
+$listener
+http-management-port=$KEYCLOAK_MANAGEMENT_PORT
+# The issuer of every token: fixed, whatever Host header a client sends.
+hostname=$(keycloak_scheme)://127.0.0.1:$KEYCLOAK_PORT
+hostname-backchannel-dynamic=false
+# One node: no cluster discovery.
+cache=local
+# The options Keycloak adds to its own dev-file URL: VALUE is a column name in its schema.
+db-url=jdbc:h2:file:$KEYCLOAK_DIR/h2/keycloakdb;NON_KEYWORDS=VALUE
+log-console-color=false
+EOC
+}
+
+keycloak_start() {
+  step "Keycloak: starting on $(keycloak_scheme)://127.0.0.1:$KEYCLOAK_PORT (management :$KEYCLOAK_MANAGEMENT_PORT)" \
+    "$LOGS/keycloak.log"
+  local p java_home
+  for p in "$KEYCLOAK_PORT" "$KEYCLOAK_MANAGEMENT_PORT"; do
+    port_open "$p" && port_taken "$p" "KEYCLOAK_PORT / KEYCLOAK_MANAGEMENT_PORT"
+  done
+  java_home=$(keycloak_java_home) || die "Keycloak needs Java 21 or newer (set KEYCLOAK_JAVA_HOME)"
+  mkdir -p "$KEYCLOAK_DIR" "$KEYCLOAK_HOME/data/import"
+  keycloak_secrets
+  # --import-realm reads <home>/data/import; the file there is the repo's, copied each start.
+  cp "$KEYCLOAK_REALM_FILE" "$KEYCLOAK_HOME/data/import/$KEYCLOAK_REALM.json"
+  keycloak_render_config
+  # The secrets go in the environment (readable only by this user), not on the command line.
+  (cd "$KEYCLOAK_DIR" && exec env JAVA_HOME="$java_home" \
+    KC_BOOTSTRAP_ADMIN_USERNAME=bootstrap-admin \
+    KC_BOOTSTRAP_ADMIN_PASSWORD="$(keycloak_secret bootstrap-admin.password)" \
+    SENSOR_IDP_FLEET_SIMULATOR_SECRET="$(keycloak_secret fleet-simulator.secret)" \
+    SENSOR_IDP_PROVISIONER_SECRET="$(keycloak_secret pipeline-provisioner.secret)" \
+    SENSOR_IDP_OPERATOR_PASSWORD="$(keycloak_secret operator.password)" \
+    SENSOR_IDP_ADMIN_PASSWORD="$(keycloak_secret admin.password)" \
+    setsid "$KEYCLOAK_HOME/bin/kc.sh" --config-file="$KEYCLOAK_CONF" start --optimized --import-realm) \
+    >>"$LOGS/keycloak.log" 2>&1 </dev/null 9>&- &
+  echo $! >"$RUN/keycloak.pid"
+  note "Keycloak: pid $!; log .stack/logs/keycloak.log"
+}
+
+# Ready when the management port's /health/ready says UP and the realm serves its OpenID
+# configuration (the import is done).
+keycloak_wait() {
+  step "Keycloak: waiting for /health/ready and realm $KEYCLOAK_REALM" "$LOGS/keycloak.log"
+  local deadline=$((SECONDS + START_TIMEOUT))
+  local scheme realm_url pid curl_tls=()
+  scheme=$(keycloak_scheme)
+  realm_url="$scheme://127.0.0.1:$KEYCLOAK_PORT/realms/$KEYCLOAK_REALM"
+  if [[ $scheme == https ]]; then curl_tls=(--cacert "$STACK_CA"); fi
+  pid=$(cat "$RUN/keycloak.pid")
+  while ((SECONDS < deadline)); do
+    # By pid alone: for its first moments the process is still this script's subshell,
+    # before it becomes kc.sh (whose command line server_pid looks for).
+    kill -0 "$pid" 2>/dev/null || die "the Keycloak process exited"
+    if curl -fsS -o /dev/null --max-time 5 "${curl_tls[@]}" \
+      "$scheme://127.0.0.1:$KEYCLOAK_MANAGEMENT_PORT/health/ready" 2>/dev/null &&
+      curl -fsS -o /dev/null --max-time 5 "${curl_tls[@]}" \
+        "$realm_url/.well-known/openid-configuration" 2>/dev/null; then
+      note "Keycloak: ready ($realm_url; secrets in $KEYCLOAK_SECRETS)"
+      return 0
+    fi
+    sleep 1
+  done
+  die "Keycloak did not become ready on 127.0.0.1:$KEYCLOAK_PORT within ${START_TIMEOUT}s"
+}
+
 # ---------------------------------------------------------------- commands
 # One stack.sh up/down at a time. The servers are started with fd 9 closed (9>&-), so that
 # they never hold this lock.
@@ -581,32 +706,48 @@ lock() {
   fi
 }
 
+# chosen NAME...: sets CHOSEN to the servers named (all when none), in the table's order.
+CHOSEN=()
+chosen() {
+  local name wanted
+  CHOSEN=()
+  for wanted in "$@"; do
+    [[ -n ${LABEL[$wanted]:-} ]] || die "no server '$wanted' (one of: ${SERVERS[*]})"
+  done
+  for name in "${SERVERS[@]}"; do
+    if [[ $# -eq 0 || " $* " == *" $name "* ]]; then CHOSEN+=("$name"); fi
+  done
+}
+
 cmd_up() {
   local t0=$SECONDS name
+  chosen "$@"
   mkdir -p "$CACHE" "$STACK" "$LOGS" "$RUN"
   chmod 0755 "$CACHE" "$STACK"
   lock
   say "Local stack in $STACK"
-  install_all
+  install_all "${CHOSEN[@]}"
   step "certificates: checking $CERTS"
   certs_ensure
   certs_restart_note
-  # Start all three, then wait: the JVM starts while the others come up.
+  # Start them all, then wait, Kafka last: the JVMs start while the others come up.
   step "starting the servers"
-  for name in "${SERVERS[@]}"; do server_start "$name"; done
-  for name in "${SERVERS[@]:1}" "${SERVERS[0]}"; do "${name}_wait"; done
+  for name in "${CHOSEN[@]}"; do server_start "$name"; done
+  for name in "${CHOSEN[@]}"; do [[ $name == kafka ]] || "${name}_wait"; done
+  if [[ " ${CHOSEN[*]} " == *" kafka "* ]]; then kafka_wait; fi
   say "Stack is up in $((SECONDS - t0))s"
   cmd_status
 }
 
 cmd_down() {
+  chosen "$@"
   if [[ ! -d $RUN ]]; then
     say "Nothing of the stack was running"
     return 0
   fi
   lock
   local name any=0
-  for name in "${SERVERS[@]}"; do
+  for name in "${CHOSEN[@]}"; do
     if server_stop "$name"; then any=1; fi
   done
   if [[ $any -eq 0 ]]; then say "Nothing of the stack was running"; else say "Stack stopped"; fi
@@ -635,8 +776,8 @@ cmd_status() {
 # Sourced (the unit tests render the Mosquitto config so), it only defines.
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
   case "${1:-}" in
-    up) cmd_up ;;
-    down) cmd_down ;;
+    up) cmd_up "${@:2}" ;;
+    down) cmd_down "${@:2}" ;;
     status) cmd_status ;;
     rotate-certs)
       shift
@@ -647,7 +788,7 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
       cmd_rotate_certs "$@"
       ;;
     *)
-      echo "usage: bash deploy/local/stack.sh up|down|status|rotate-certs [--ca]" >&2
+      echo "usage: bash deploy/local/stack.sh up|down [NAME...] | status | rotate-certs [--ca]" >&2
       exit 2
       ;;
   esac

@@ -6,13 +6,53 @@ point at the local stack of docs/architecture.md.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from libs.common.errors import ConfigurationError
 
 DEFAULT_DATABASE_URL = "postgresql://sensors:sensors@127.0.0.1:5432/sensors"
+
+
+def is_secret(field: FieldInfo) -> bool:
+    return field.annotation in (SecretStr, SecretStr | None)
+
+
+class SecretFiles(PydanticBaseSettingsSource):
+    """`<NAME>_FILE` for every secret setting: its value is the file's content (one trailing
+    newline dropped), as a Kubernetes Secret or a Docker secret mounts it. Setting both NAME and
+    NAME_FILE, or naming a file that cannot be read, stops the service with the variable's name."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        variable = f"{field_name.upper()}_FILE"
+        environ = {key.upper(): value for key, value in os.environ.items()}
+        if not is_secret(field) or variable not in environ:
+            return None, field_name, False
+        if field_name.upper() in environ:
+            raise ConfigurationError(f"{field_name.upper()} and {variable} are both set: keep one")
+        try:
+            text = Path(environ[variable]).read_text(encoding="utf-8")
+        except OSError as error:
+            raise ConfigurationError(f"{variable}: {error.strerror}: {environ[variable]}") from None
+        return text.removesuffix("\n").removesuffix("\r"), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, name)
+            if value is not None:
+                found[key] = value
+        return found
 
 
 class PipelineSettings(BaseSettings):
@@ -63,6 +103,25 @@ class PipelineSettings(BaseSettings):
     # service is stopped; nothing of a batch is committed before.
     retry_max_wait_s: float = Field(default=10.0, gt=0)
     shutdown_timeout_s: float = Field(default=20.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # A secret's NAME_FILE beside the environment (both set is refused, so the order of the
+        # two does not matter).
+        return (
+            init_settings,
+            env_settings,
+            SecretFiles(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
 
     @field_validator("producer_compression")
     @classmethod

@@ -47,7 +47,8 @@ class FaultStack:
 
     def _stack(self, command: str) -> None:
         result = subprocess.run(
-            ["bash", "deploy/local/stack.sh", command],
+            # Only its own servers: the identity provider is not part of the fault tests.
+            ["bash", "deploy/local/stack.sh", command, *SERVERS],
             cwd=REPO_ROOT,
             env=os.environ | self.env,
             capture_output=True,

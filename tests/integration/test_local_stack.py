@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 STACK_SH = ROOT / "deploy" / "local" / "stack.sh"
 KAFKA_TOOL = ROOT / "deploy" / "local" / "kafka-tool.sh"
 PID_FILES = {
-    name: ROOT / ".stack" / "run" / f"{name}.pid" for name in ("kafka", "mosquitto", "postgres")
+    name: ROOT / ".stack" / "run" / f"{name}.pid"
+    for name in ("kafka", "mosquitto", "postgres", "keycloak")
 }
 
 HOST = "127.0.0.1"

@@ -375,7 +375,7 @@ def test_a_revoked_device_is_cut_and_refused_at_its_next_connect_without_a_resta
 def test_a_service_account_or_a_topic_breaking_id_is_no_device(broker: Broker) -> None:
     for name in ("ingest", "admin", "a/b", "+", "#", ""):
         done = credentials_cli(broker, "device", name)
-        assert done.returncode == 1, (name, done.stdout)
+        assert done.returncode == 2, (name, done.stdout)
         assert done.stdout == ""
     assert not (broker.stack_dir / "secrets" / "devices" / "ingest.password").exists()
     assert asyncio.run(revoke_device(broker.settings, device_id())) is False
