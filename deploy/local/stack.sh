@@ -445,6 +445,33 @@ EOF
   done
 }
 
+postgres_start() {
+  local base user
+  base=$(pg_base)
+  user=$(pg_user)
+  [[ $base == "$STACK/pg" ]] ||
+    note "PostgreSQL: user '$user' cannot reach $STACK (a parent folder is not searchable): data in $base"
+  mkdir -p "$base/data" "$base/run"
+  chmod 0700 "$base/data" "$base/run"
+  if [[ $EUID -eq 0 ]]; then chown "$user:" "$base" "$base/data" "$base/run"; fi
+  if [[ ! -f "$base/data/PG_VERSION" ]]; then
+    step "PostgreSQL: creating the cluster (initdb, once)" "$LOGS/postgres-initdb.log"
+    as_pg "$PG_BIN/initdb" -D "$base/data" -U postgres --encoding=UTF8 --locale=C.UTF-8 \
+      --auth-local=trust --auth-host=scram-sha-256 >"$LOGS/postgres-initdb.log" 2>&1
+    echo "include_if_exists = 'stack.conf'" >>"$base/data/postgresql.conf"
+  fi
+  pg_configure "$base"
+  step "PostgreSQL $PG_MAJOR: starting on 127.0.0.1:$PG_PORT" "$LOGS/postgres.log"
+  port_open "$PG_PORT" && port_taken "$PG_PORT" "PG_PORT (a system PostgreSQL cluster?)"
+  local launch=()
+  if [[ $EUID -eq 0 ]]; then launch=(setpriv --reuid=postgres --regid=postgres --init-groups --); fi
+  # The log file is opened here, by the caller, so it can sit in .stack/logs either way.
+  (cd / && exec setsid "${launch[@]}" "$PG_BIN/postgres" -D "$base/data") \
+    >>"$LOGS/postgres.log" 2>&1 </dev/null 9>&- &
+  echo $! >"$RUN/postgres.pid"
+  note "PostgreSQL: pid $!; log .stack/logs/postgres.log"
+}
+
 pg_psql() { # psql as the cluster's superuser over its socket
   as_pg "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$(pg_base)/run" -p "$PG_PORT" -U postgres "$@"
 }
