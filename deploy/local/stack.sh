@@ -514,8 +514,10 @@ postgres_wait() {
   # SUPERUSER: a throwaway local cluster where the tests and migrations create schemas and
   # the timescaledb extension (CREATE EXTENSION needs superuser or the database owner
   # with a trusted extension; timescaledb is not trusted).
+  # A failing statement is not written to the server's log: it may hold a password.
   pg_psql -d postgres >"$LOGS/postgres-setup.log" 2>&1 <<EOF
 SET client_min_messages = warning;
+SET log_min_error_statement = panic;
 SELECT format('CREATE ROLE %I LOGIN SUPERUSER PASSWORD %L', '$DB_USER', '$DB_PASSWORD')
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$DB_USER') \gexec
 SELECT format('CREATE DATABASE %I OWNER %I', '$DB_NAME', '$DB_USER')
