@@ -12,6 +12,8 @@ servers that issue them.
   revoke <device_id>
       deletes the device's MQTT account (its session is cut, its next connect refused) and
       prints {device_id, revoked}.
+  database --role reader|store|enrich|admin_api|migrator
+      prints a PostgreSQL DSN for that role of least privilege (TLS, sslmode=verify-full).
 
 The clients' secrets are the ones `make up` generated into the stack folder
 (.stack/secrets/keycloak), unless settings name others; the MQTT accounts are those of
@@ -38,6 +40,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs.common.cli import argument_parser, settings_problems
 from libs.common.errors import ConfigurationError, PipelineError, TransientError
+from libs.common.settings import PipelineSettings
+from tools.db_accounts import ROLES, dsn_for
 from tools.mqtt_accounts import MqttAccountsSettings, register_device, revoke_device
 
 # The checkout's root (tools/credentials.py -> the repo), resolved at run time so that no
@@ -322,7 +326,39 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--device", metavar="ID", help="bind the token to this device (claim device_id)"
     )
     add_device_commands(commands)
+    add_database_command(commands)
     return parser.parse_args(argv)
+
+
+# --- database roles (tools.db_accounts) ---------------------------------------------------------
+
+
+def add_database_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    database = commands.add_parser(
+        "database",
+        help="a PostgreSQL DSN for a role of least privilege (TLS, verify-full)",
+        description="Print postgresql://ROLE:PASSWORD@HOST:PORT/DB?sslmode=verify-full&... "
+        "for one role: "
+        + "; ".join(f"{name}: {what}" for name, what in ROLES.items())
+        + ". Host, port and database come from DATABASE_URL, the CA from TLS_CA_FILE.",
+    )
+    database.add_argument("--role", required=True, choices=sorted(ROLES))
+    database.add_argument(
+        "--secrets-dir",
+        type=Path,
+        default=None,
+        help="the stack's secrets folder (default: <repo>/.stack/secrets, as `make up` writes)",
+    )
+
+
+def database_dsn(role: str, secrets_dir: Path | None) -> int:
+    try:
+        dsn = dsn_for(role, PipelineSettings(service_name="credentials"), secrets_dir)
+    except ConfigurationError as error:
+        sys.stderr.write(f"tools.credentials database: {error}\n")
+        return 2
+    sys.stdout.write(dsn + "\n")
+    return 0
 
 
 # --- MQTT accounts (tools.mqtt_accounts) ----------------------------------------------------------
@@ -352,6 +388,8 @@ def mqtt_account(command: str, device_id: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "database":
+        return database_dsn(args.role, args.secrets_dir)
     if args.command in ("device", "revoke"):
         try:
             sys.stdout.write(mqtt_account(args.command, args.device_id) + "\n")

@@ -486,9 +486,31 @@ pg_base() {
 
 postgres_conf_port() { sed -n 's|^port = \([0-9]*\)|\1|p' "$(pg_base)/data/stack.conf" 2>/dev/null; }
 
+# The login users of the roles of least privilege (libs/common/migrations/0003_roles.sql):
+# user NAME is a member of the group role pipeline_NAME. Their passwords are generated once
+# into PG_SECRETS (0600, never committed); `python -m tools.credentials database --role NAME`
+# prints a DSN with one.
+PG_LOGINS=(migrator store enrich reader admin_api)
+PG_SECRETS="$STACK/secrets"
+# Set by pg_configure when a file the running server reads on reload has changed.
+PG_CHANGED=0
+
+# pg_put SRC DEST: moves SRC over DEST (owned by the cluster's user, 0600) unless they are
+# equal already; sets PG_CHANGED when it moved.
+pg_put() {
+  if cmp -s "$1" "$2"; then
+    rm -f "$1"
+    return 0
+  fi
+  chmod 0600 "$1"
+  if [[ $EUID -eq 0 ]]; then chown "$(pg_user):" "$1"; fi
+  mv "$1" "$2"
+  PG_CHANGED=1
+}
+
 pg_render_config() {
   local base=$1
-  cat >"$base/data/stack.conf" <<EOF
+  cat >"$base/data/stack.conf.tmp" <<EOF
 # Rendered by deploy/local/stack.sh on every 'up' (included from postgresql.conf).
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
@@ -508,7 +530,87 @@ log_timezone = 'UTC'
 logging_collector = off
 log_destination = 'stderr'
 log_line_prefix = '%m [%p] %q%u@%d '
+# TLS with the local CA's certificate for postgres (deploy/local/certs.sh), copied into the
+# data folder because the cluster's user cannot read .stack/certs. Reloaded, not restarted,
+# when it changes.
+ssl = on
+ssl_cert_file = 'stack-server.crt'
+ssl_key_file = 'stack-server.key'
+ssl_min_protocol_version = 'TLSv1.2'
+password_encryption = 'scram-sha-256'
 EOF
+  pg_put "$base/data/stack.conf.tmp" "$base/data/stack.conf"
+}
+
+# pg_render_hba BASE: who may connect how. The first matching line wins.
+pg_render_hba() {
+  local base=$1
+  cat >"$base/data/pg_hba.conf.tmp" <<EOF
+# Rendered by deploy/local/stack.sh on every 'up'; edits here are overwritten.
+# TYPE     DATABASE     USER     ADDRESS       METHOD
+# The socket sits in a 0700 folder of the cluster's user: the set-up of 'up' as superuser.
+local      all          all                    trust
+local      replication  all                    trust
+# TCP with TLS, a password by SCRAM: every role.
+hostssl    all          all      127.0.0.1/32  scram-sha-256
+hostssl    all          all      ::1/128       scram-sha-256
+hostssl    replication  all      127.0.0.1/32  scram-sha-256
+# Plain TCP for the owner role $DB_USER only, because the services, tools and tests still
+# connect so (DATABASE_URL without sslmode). The next step, once they connect with
+# sslmode=verify-full, removes these two lines: then TCP is hostssl only.
+hostnossl  all          $DB_USER  127.0.0.1/32  scram-sha-256
+hostnossl  all          $DB_USER  ::1/128       scram-sha-256
+EOF
+  pg_put "$base/data/pg_hba.conf.tmp" "$base/data/pg_hba.conf"
+}
+
+# pg_install_certs BASE: the server's certificate and key into the data folder.
+pg_install_certs() {
+  local base=$1 ext
+  for ext in crt key; do
+    [[ -f $CERTS/postgres.$ext ]] || die "$CERTS/postgres.$ext is missing (certs_ensure makes it)"
+    cp "$CERTS/postgres.$ext" "$base/data/stack-server.$ext.tmp"
+    pg_put "$base/data/stack-server.$ext.tmp" "$base/data/stack-server.$ext"
+  done
+}
+
+# pg_configure BASE: every file of ours the server reads; PG_CHANGED says if one changed.
+pg_configure() {
+  PG_CHANGED=0
+  pg_install_certs "$1"
+  pg_render_config "$1"
+  pg_render_hba "$1"
+}
+
+# pg_password USER: the login user's password, generated once into PG_SECRETS.
+pg_password() {
+  local file="$PG_SECRETS/postgres-$1.password"
+  mkdir -p "$PG_SECRETS"
+  chmod 0700 "$PG_SECRETS"
+  if [[ ! -s $file ]]; then
+    (umask 077 && "$OPENSSL" rand -hex 24 >"$file.tmp")
+    mv "$file.tmp" "$file"
+  fi
+  chmod 0600 "$file"
+  cat "$file"
+}
+
+# pg_logins_sql: the group roles (NOLOGIN, as migration 0003 creates them: whichever runs
+# first) and their login users, as SQL for psql. The passwords go to psql on its input, never
+# on a command line.
+pg_logins_sql() {
+  local name
+  for name in "${PG_LOGINS[@]}"; do
+    cat <<EOF
+SELECT format('CREATE ROLE %I NOLOGIN', 'pipeline_$name')
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pipeline_$name') \gexec
+SELECT format('CREATE ROLE %I', '$name')
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$name') \gexec
+ALTER ROLE "$name" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
+ PASSWORD '$(pg_password "$name")';
+GRANT "pipeline_$name" TO "$name";
+EOF
+  done
 }
 
 postgres_start() {
@@ -526,9 +628,7 @@ postgres_start() {
       --auth-local=trust --auth-host=scram-sha-256 >"$LOGS/postgres-initdb.log" 2>&1
     echo "include_if_exists = 'stack.conf'" >>"$base/data/postgresql.conf"
   fi
-  # local (socket) connections are trusted: the socket is in a 0700 folder of pg_user.
-  pg_render_config "$base"
-  if [[ $EUID -eq 0 ]]; then chown "$user:" "$base/data/stack.conf"; fi
+  pg_configure "$base"
   step "PostgreSQL $PG_MAJOR: starting on 127.0.0.1:$PG_PORT" "$LOGS/postgres.log"
   port_open "$PG_PORT" && port_taken "$PG_PORT" "PG_PORT (a system PostgreSQL cluster?)"
   local launch=()
@@ -553,25 +653,60 @@ postgres_wait() {
     ((SECONDS < deadline)) || die "PostgreSQL did not accept connections within ${START_TIMEOUT}s"
     sleep 0.5
   done
-  step "PostgreSQL: role '$DB_USER', database '$DB_NAME', extension timescaledb" "$LOGS/postgres-setup.log"
+  # A server that was running already reads the new certificate, stack.conf and pg_hba.conf
+  # on a reload (ssl and its files are reloadable since PostgreSQL 10).
+  step "PostgreSQL: TLS and pg_hba.conf" "$LOGS/postgres.log"
+  pg_configure "$(pg_base)"
+  # ssl off: an older cluster, or an 'up' that stopped before its reload.
+  if [[ $PG_CHANGED -eq 1 || $(pg_psql -d postgres -At -c "SHOW ssl") != on ]]; then
+    pg_psql -d postgres -At -c "SELECT pg_reload_conf()" >/dev/null
+    note "PostgreSQL: configuration or certificate changed: reloaded"
+  fi
+  # A file the server refuses on reload leaves the old one in force: say so here. The check
+  # runs after the reload, since hostssl lines are errors while ssl is still off.
+  local bad="" i
+  for ((i = 0; i < 10; i++)); do
+    bad=$(pg_psql -d postgres -At -c "SELECT string_agg(line_number || ': ' || error, '; ')
+      FROM pg_hba_file_rules WHERE error IS NOT NULL")
+    [[ -z $bad ]] && break
+    sleep 0.5
+  done
+  [[ -z $bad ]] || die "pg_hba.conf has lines the server refuses: $bad"
+  [[ $(pg_psql -d postgres -At -c "SHOW ssl") == on ]] ||
+    die "ssl is not on after the reload (a certificate or a stack.conf line refused?)"
+  step "PostgreSQL: role '$DB_USER', database '$DB_NAME', extension timescaledb, login users ${PG_LOGINS[*]}" \
+    "$LOGS/postgres-setup.log"
+  # Made here rather than inside the SQL below, where a failure would go unnoticed.
+  local name
+  for name in "${PG_LOGINS[@]}"; do pg_password "$name" >/dev/null; done
   # SUPERUSER: a throwaway local cluster where the tests and migrations create schemas and
   # the timescaledb extension (CREATE EXTENSION needs superuser or the database owner
   # with a trusted extension; timescaledb is not trusted).
+  # A failing statement is not written to the server's log: it may hold a password.
   pg_psql -d postgres >"$LOGS/postgres-setup.log" 2>&1 <<EOF
+SET client_min_messages = warning;
+SET log_min_error_statement = panic;
 SELECT format('CREATE ROLE %I LOGIN SUPERUSER PASSWORD %L', '$DB_USER', '$DB_PASSWORD')
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$DB_USER') \gexec
 SELECT format('CREATE DATABASE %I OWNER %I', '$DB_NAME', '$DB_USER')
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$DB_NAME') \gexec
+$(pg_logins_sql)
 \connect $DB_NAME
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS timescaledb;
 EOF
-  local v
-  v=$(PGPASSWORD=$DB_PASSWORD "$PG_BIN/psql" -X -At -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -d "$DB_NAME" \
-    -c "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'" 2>>"$LOGS/postgres-setup.log") ||
-    die "cannot log in as $DB_USER over TCP with its password"
-  [[ -n $v ]] || die "the timescaledb extension is not in database $DB_NAME"
-  note "PostgreSQL: ready (postgresql://$DB_USER:***@127.0.0.1:$PG_PORT/$DB_NAME, timescaledb $v)"
+  # Over TCP as a client will: TLS verified against the local CA (the certificate names
+  # 127.0.0.1), a password. Retried a moment, as a reload reaches new backends asynchronously.
+  local v=""
+  for ((i = 0; i < 10; i++)); do
+    v=$(PGPASSWORD=$DB_PASSWORD "$PG_BIN/psql" -X -At \
+      "host=127.0.0.1 port=$PG_PORT user=$DB_USER dbname=$DB_NAME sslmode=verify-full sslrootcert=$CA_CRT" \
+      -c "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'" \
+      2>>"$LOGS/postgres-setup.log") && break
+    sleep 0.5
+  done
+  [[ -n $v ]] || die "cannot log in as $DB_USER over TLS (sslmode=verify-full) with its password, or timescaledb is not in $DB_NAME"
+  note "PostgreSQL: ready (postgresql://$DB_USER:***@127.0.0.1:$PG_PORT/$DB_NAME, TLS on, timescaledb $v)"
 }
 
 # ---------------------------------------------------------------- Keycloak

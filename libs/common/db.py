@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import structlog
 
-from libs.common.errors import DatabaseUnavailable
+from libs.common.errors import ConfigurationError, DatabaseUnavailable
 from libs.common.settings import PipelineSettings
+from libs.common.tls import client_context
 
 log = structlog.get_logger(__name__)
 
@@ -42,13 +46,44 @@ def _server_settings(settings: PipelineSettings) -> dict[str, str]:
     }
 
 
+def tls_for(settings: PipelineSettings) -> ssl.SSLContext | None:
+    """The `ssl` argument for asyncpg: None leaves TLS to the DSN, as libpq reads it.
+
+    asyncpg (0.32) honours `sslmode` and `sslrootcert` in the DSN: verify-full checks the
+    chain and the host name, TLS 1.2 at least. Only `sslmode=verify-full` without a root
+    certificate (neither `sslrootcert` nor PGSSLROOTCERT) is taken differently: asyncpg would
+    look for ~/.postgresql/root.crt; here it means the CA of TLS_CA_FILE (the local stack's by
+    default), with libs.common.tls's context, which checks the same things.
+    """
+    query = parse_qs(urlsplit(settings.database_url.get_secret_value()).query)
+    if (
+        query.get("sslmode") == ["verify-full"]
+        and "sslrootcert" not in query
+        and not os.environ.get("PGSSLROOTCERT")
+    ):
+        return client_context(settings.tls_ca_file)
+    return None
+
+
+def _untrusted(error: ssl.SSLCertVerificationError) -> ConfigurationError:
+    # An OSError, but no outage: the server's certificate is not one the configured CA
+    # signed (or not for that host), and waiting will not change it.
+    return ConfigurationError(
+        f"PostgreSQL: the server's certificate does not verify ({error.verify_message}): "
+        "check TLS_CA_FILE or sslrootcert in DATABASE_URL, and the host name"
+    )
+
+
 async def connect(settings: PipelineSettings) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(
             settings.database_url.get_secret_value(),
             server_settings=_server_settings(settings),
             timeout=10,
+            ssl=tls_for(settings),
         )
+    except ssl.SSLCertVerificationError as error:
+        raise _untrusted(error) from error
     except CONNECTION_ERRORS as error:
         raise DatabaseUnavailable(f"PostgreSQL: {error!r}") from error
 
@@ -64,7 +99,10 @@ async def create_pool(
             server_settings=_server_settings(settings),
             timeout=10,
             init=init,
+            ssl=tls_for(settings),
         )
+    except ssl.SSLCertVerificationError as error:
+        raise _untrusted(error) from error
     except CONNECTION_ERRORS as error:
         raise DatabaseUnavailable(f"PostgreSQL: {error!r}") from error
     assert pool is not None
