@@ -41,28 +41,32 @@ async def http_servers(
     settings: IngestSettings,
     handover: Handover,
     readiness: Readiness,
-    tls: ssl.SSLContext,
-    verifier: TokenVerifier,
+    tls: ssl.SSLContext | None,
+    verifier: TokenVerifier | None,
 ) -> AsyncIterator[None]:
     """The plain port (probes, metrics; the development readings API while it is on) and the
-    HTTPS readings API."""
+    HTTPS readings API (when `tls` and `verifier` are given)."""
     # The concurrency limit is the app's own (ConcurrencyLimit), for its Retry-After.
     plain = health_app(readiness, ingest_app(handover, settings))
-    secure = readings_app(handover, settings, verifier)
     if settings.http_plain_readings:
         log.warning(
             f"plaintext, unauthenticated readings API on :{settings.http_port} (development only)",
             http_port=settings.http_port,
             hint="HTTP_PLAIN_READINGS=false serves readings on HTTPS only",
         )
-    async with (
-        serve_http(plain, settings.http_host, settings.http_port),
-        serve_http(secure, settings.http_host, settings.https_port, tls),
-    ):
+    if tls is None or verifier is None:
+        log.warning("HTTPS readings API off (HTTPS_ENABLED=false)")
+    async with contextlib.AsyncExitStack() as servers:
+        await servers.enter_async_context(serve_http(plain, settings.http_host, settings.http_port))
+        if tls is not None and verifier is not None:
+            secure = readings_app(handover, settings, verifier)
+            await servers.enter_async_context(
+                serve_http(secure, settings.http_host, settings.https_port, tls)
+            )
         log.info(
             "accepting readings",
             http_port=settings.http_port,
-            https_port=settings.https_port,
+            https_port=settings.https_port if tls is not None else None,
             plain_readings=settings.http_plain_readings,
         )
         yield
@@ -72,8 +76,8 @@ async def run(settings: IngestSettings, stop: asyncio.Event) -> None:
     needs = ("kafka", "mqtt") if settings.mqtt_enabled else ("kafka",)
     readiness = Readiness(settings.service_name, *needs)
     # Read before connecting to anything: a missing certificate stops the service at once.
-    tls = server_context(*settings.tls_files())
-    verifier = token_verifier(settings)
+    tls = server_context(*settings.tls_files()) if settings.https_enabled else None
+    verifier = token_verifier(settings) if settings.https_enabled else None
     async with kafka_producer(settings) as producers:
         readiness.set("kafka", True)
         handover = Handover(producers, settings, stop, readiness)

@@ -27,6 +27,9 @@ class IngestSettings(PipelineSettings):
     # POST /v1/readings over HTTPS with an OAuth 2.0 bearer token (scope readings:write), on
     # HTTP_HOST; the plain HTTP_PORT keeps /healthz, /readyz and /metrics for probes.
     https_port: int = Field(default=8443, ge=1, le=65535)
+    # Off only where no certificate is mounted yet (docker-compose.yml, deploy/k8s, until they
+    # get theirs): then readings come only over MQTT and HTTP_PLAIN_READINGS.
+    https_enabled: bool = True
     # None: the local stack's <repo>/.stack/certs/ingest.crt and .key (deploy/local/certs.sh),
     # resolved at run time so that no machine path is a committed default.
     https_cert_file: Path | None = None
@@ -94,7 +97,7 @@ class IngestSettings(PipelineSettings):
 
     @model_validator(mode="after")
     def _separate_ports(self) -> IngestSettings:
-        if self.https_port == self.http_port:
+        if self.https_enabled and self.https_port == self.http_port:
             raise ValueError(f"https_port and http_port are both {self.http_port}: two servers")
         return self
 

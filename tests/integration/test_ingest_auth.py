@@ -338,3 +338,38 @@ def test_with_plain_readings_off_the_plain_port_has_probes_only(
         assert "plaintext, unauthenticated" not in service.log_tail(200)
     finally:
         service.terminate()
+
+
+def test_a_missing_certificate_stops_ingest_at_start_up_naming_the_file(
+    names: Names, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such.crt"
+    service = start(
+        "ingest",
+        free_port(),
+        names.env() | {"MQTT_ENABLED": "false", "HTTPS_CERT_FILE": str(missing)},
+        tmp_path,
+    )
+    try:
+        code = service.process.wait(timeout=60)
+    finally:
+        service.proc.kill()
+    assert code != 0
+    assert f"TLS certificate file {missing} does not exist" in service.log_tail(), (
+        service.log_tail()
+    )
+
+
+def test_with_https_off_ingest_needs_no_certificate_and_listens_on_no_https_port(
+    names: Names, tmp_path: Path
+) -> None:
+    service = start_ingest(
+        names, tmp_path, HTTPS_ENABLED="false", HTTPS_CERT_FILE=str(tmp_path / "no-such.crt")
+    )
+    try:
+        assert httpx.get(f"{service.url}/healthz", timeout=10).status_code == 200
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{service.proc.https_url}/v1/readings", verify=client_context(), timeout=5)
+        assert "HTTPS readings API off" in service.log_tail(200)
+    finally:
+        service.terminate()
