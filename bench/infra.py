@@ -245,6 +245,8 @@ class Proc:
             self.log_dir / f"{self.name}.log",
             env=self.env,
             port=self.port,
+            # ingest's HTTPS port too is the run's own, so it never meets `make run`'s 8443.
+            https_port=free_port() if self.module == "services.ingest" else None,
             cwd=self.cwd,
             append_log=True,
         ).start()

@@ -97,9 +97,10 @@ class ServiceProcess:
     """`python -m <module>` as a child process, its stdout and stderr in `log_path`.
 
     `port`: its HTTP port (passed as HTTP_PORT; None for a process without one, which counts
-    as ready once it runs). `own_session`: a Ctrl-C in the terminal does not reach it.
-    `die_with_parent`: it gets SIGTERM if this process dies (Linux). `append_log`: keep what
-    earlier runs wrote to the log.
+    as ready once it runs). `https_port`: ingest's HTTPS readings port (passed as HTTPS_PORT;
+    None: the process's own setting, 8443 by default). `own_session`: a Ctrl-C in the terminal
+    does not reach it. `die_with_parent`: it gets SIGTERM if this process dies (Linux).
+    `append_log`: keep what earlier runs wrote to the log.
     """
 
     def __init__(
@@ -110,6 +111,7 @@ class ServiceProcess:
         *,
         env: Mapping[str, str] | None = None,
         port: int | None = None,
+        https_port: int | None = None,
         host: str = HOST,
         cwd: Path = REPO_ROOT,
         own_session: bool = False,
@@ -119,6 +121,7 @@ class ServiceProcess:
         self.name, self.module, self.log_path = name, module, log_path
         self.env = dict(env or {})
         self.port, self.host, self.cwd = port, host, cwd
+        self.https_port = https_port
         self.own_session = own_session
         self.die_with_parent = die_with_parent
         self.append_log = append_log
@@ -131,6 +134,8 @@ class ServiceProcess:
         env = dict(os.environ if base_env is None else base_env) | self.env
         if self.port is not None:
             env["HTTP_PORT"] = str(self.port)
+        if self.https_port is not None:
+            env["HTTPS_PORT"] = str(self.https_port)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab" if self.append_log else "wb") as log:
             self.popen = subprocess.Popen(
@@ -148,6 +153,10 @@ class ServiceProcess:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def https_url(self) -> str:
+        return f"https://{self.host}:{self.https_port}"
 
     @property
     def metrics_url(self) -> str:

@@ -37,6 +37,11 @@ class MqttUnavailable(TransientError):
     """The MQTT broker could not be reached."""
 
 
+class KeysUnavailable(TransientError):
+    """The identity provider's signing keys (its JWKS) could not be fetched: no token can be
+    checked until they can."""
+
+
 # Permanent: the record itself is wrong; retrying gives the same answer.
 class RecordError(PipelineError):
     """A record that no amount of waiting will make acceptable."""
@@ -74,6 +79,11 @@ class InvalidRecord(RecordError):
     """A reading with both type errors and rule violations; every reason is listed."""
 
 
+class DeviceNotAllowed(RecordError):
+    """A reading of a device that the sender may not speak for: a device-bound token's reading
+    of another device."""
+
+
 class MalformedValidatedRecord(RecordError):
     """enrich got a record that is not a validated reading: a bug or a foreign producer."""
 
@@ -98,6 +108,33 @@ class ConfigurationError(PipelineError):
 class AccountError(PipelineError):
     """An MQTT account command was refused: a device id that cannot be an account, a name that
     belongs to a service account, the admin's login, or the broker's dynamic security plugin."""
+
+
+class AccessRefused(PipelineError):
+    """A request refused for who sent it, not for what it carries; `reason` says why in words
+    fit for the answer (never the token itself)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class Unauthenticated(AccessRefused):
+    """No credentials, or ones that do not hold: a missing, malformed, forged or expired token,
+    another issuer's or another audience's (HTTP 401)."""
+
+    def __init__(self, reason: str, *, missing: bool = False) -> None:
+        # missing: no credentials at all, which RFC 6750 answers without an error code.
+        self.missing = missing
+        super().__init__(reason)
+
+
+class Forbidden(AccessRefused):
+    """A valid token that lacks the scope the call needs (HTTP 403, insufficient_scope)."""
+
+    def __init__(self, reason: str, *, scope: str) -> None:
+        self.scope = scope
+        super().__init__(reason)
 
 
 class BodyTooLarge(PipelineError):

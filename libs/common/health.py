@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
@@ -112,8 +113,11 @@ class _QuietServer(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serve_http(app: FastAPI, host: str, port: int) -> AsyncIterator[uvicorn.Server]:
-    """Run uvicorn inside the current event loop; signals stay with the service, not uvicorn."""
+async def serve_http(
+    app: FastAPI, host: str, port: int, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[uvicorn.Server]:
+    """Run uvicorn inside the current event loop; signals stay with the service, not uvicorn.
+    With `tls`, HTTPS with that server context (libs.common.tls.server_context)."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -124,6 +128,7 @@ async def serve_http(app: FastAPI, host: str, port: int) -> AsyncIterator[uvicor
         log_config=None,
         access_log=False,
         lifespan="off",
+        ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
     )
     server = _QuietServer(config)
     task = asyncio.create_task(server.serve(), name=f"http:{port}")

@@ -117,8 +117,17 @@ def build_commit() -> str:
 # its first increment hides that increment from rate() and is missing from alerts that compare
 # stages, so every series whose labels are known up front starts at zero.
 _REQUEST_OUTCOMES = {
-    # unavailable: 503, Kafka is down; busy: 503, past the concurrency limit (Retry-After).
-    "http": ("accepted", "rejected", "too_large", "unavailable", "busy"),
+    # unavailable: 503, Kafka (or the identity provider's keys) is down; busy: 503, past the
+    # concurrency limit (Retry-After); unauthenticated: 401; forbidden: 403.
+    "http": (
+        "accepted",
+        "rejected",
+        "too_large",
+        "unavailable",
+        "busy",
+        "unauthenticated",
+        "forbidden",
+    ),
     "mqtt": ("accepted", "rejected"),
 }
 

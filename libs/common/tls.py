@@ -41,3 +41,28 @@ def client_context(configured_ca: Path | None = None) -> ssl.SSLContext:
     except (ssl.SSLError, OSError) as exc:
         raise ConfigurationError(f"TLS CA file {path} cannot be read as PEM: {exc}") from exc
     return context
+
+
+def local_server_files(name: str) -> tuple[Path, Path]:
+    """The certificate and key `make up` made for server `name` (deploy/local/certs.sh)."""
+    folder = REPO_ROOT / ".stack" / "certs"
+    return folder / f"{name}.crt", folder / f"{name}.key"
+
+
+def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """A server context with that certificate and key, refusing anything older than TLS 1.2."""
+    for what, path in (("certificate", cert_file), ("key", key_file)):
+        if not path.is_file():
+            raise ConfigurationError(
+                f"TLS {what} file {path} does not exist: set it, or run `make up` to create the "
+                "local stack's certificates"
+            )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile=str(cert_file), keyfile=str(key_file))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigurationError(
+            f"TLS certificate {cert_file} and key {key_file} cannot be loaded: {exc}"
+        ) from exc
+    return context

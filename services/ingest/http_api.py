@@ -1,5 +1,11 @@
 """POST /v1/readings: one JSON reading, a JSON array of them, or NDJSON.
 
+Two apps serve it: `readings_app` over HTTPS with an OAuth 2.0 bearer token (scope
+readings:write; 401/403 with WWW-Authenticate as RFC 6750 words them), and, while
+HTTP_PLAIN_READINGS is on, `ingest_app` on the plain service port beside the probes, without one.
+A token bound to a device (claim device_id) may send only that device's readings: each other
+one is a DeviceNotAllowed reject, in the answer and in the DLQ.
+
 Answers 202 only after Kafka acknowledged every accepted reading (and every reject reached the
 DLQ); 503 with Retry-After when Kafka is away or too many requests are in flight, so the device
 sends again instead of the reading vanishing; 413 for a body over `max_body_bytes`. A reading
@@ -8,14 +14,23 @@ over `max_record_bytes` is one reject of the 202 answer, as over MQTT.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from libs.common import metrics
-from libs.common.errors import BodyTooLarge, BrokerUnavailable
+from libs.common.auth import Principal, TokenVerifier
+from libs.common.errors import (
+    BodyTooLarge,
+    BrokerUnavailable,
+    Forbidden,
+    KeysUnavailable,
+    Unauthenticated,
+)
 from libs.common.health import json_response
 from libs.common.models import RawReading, Source, Stage
 from libs.common.version import __version__
@@ -27,6 +42,10 @@ _STAGE = Stage.INGEST.value
 # Seconds a device is told to wait: Kafka outages last seconds; a burst of requests less.
 RETRY_AFTER_KAFKA_S = 5
 RETRY_AFTER_BUSY_S = 1
+REALM = "sensor-pipeline"
+SCOPE = "readings:write"
+# RFC 6750's error_description: printable ASCII without the double quote and the backslash.
+_NOT_IN_DESCRIPTION = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -53,8 +72,29 @@ def get_settings(request: Request) -> IngestSettings:
     return settings
 
 
+_BEARER = HTTPBearer(
+    bearerFormat="JWT",
+    description=f"An OAuth 2.0 access token of the identity provider with scope {SCOPE} "
+    "(`python -m tools.credentials token --scope readings:write`).",
+    auto_error=False,
+)
+
+
+async def get_principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+) -> Principal:
+    """The token's principal; Unauthenticated or Forbidden (answered by `_refused`)."""
+    if credentials is None:
+        raise Unauthenticated("no bearer token", missing=True)
+    verifier: TokenVerifier = request.app.state.verifier
+    return await verifier.verify_token(credentials.credentials)
+
+
 HandoverDep = Annotated[Handover, Depends(get_handover)]
 SettingsDep = Annotated[IngestSettings, Depends(get_settings)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+plain_router = APIRouter()
 router = APIRouter()
 
 
@@ -74,6 +114,20 @@ class Reject(BaseModel):
 class ReadingsAnswer(BaseModel):
     accepted: int = Field(ge=0, description="Readings Kafka acknowledged.")
     rejected: list[Reject]
+
+
+class TokenReject(Reject):
+    """A reject of the HTTPS API, where a device-bound token adds one reason: a reading of
+    another device (DeviceNotAllowed)."""
+
+    error_type: Literal[  # type: ignore[assignment]
+        "PayloadTooLarge", "NotJson", "NotAnObject", "MissingDeviceId", "DeviceNotAllowed"
+    ]
+
+
+class TokenReadingsAnswer(BaseModel):
+    accepted: int = Field(ge=0, description="Readings Kafka acknowledged.")
+    rejected: list[TokenReject]
 
 
 class ErrorAnswer(BaseModel):
@@ -133,15 +187,66 @@ _READINGS_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+_CHALLENGE = {
+    "WWW-Authenticate": {
+        "description": f'`Bearer realm="{REALM}"`, with `error` and `error_description` '
+        "(RFC 6750) when a token was sent.",
+        "schema": {"type": "string"},
+    }
+}
+_AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {
+        "model": ErrorAnswer,
+        "description": "No bearer token, or one that is malformed, forged, expired, or of "
+        "another issuer or audience; nothing was read.",
+        "headers": _CHALLENGE,
+    },
+    403: {
+        "model": ErrorAnswer,
+        "description": f"A valid token without scope {SCOPE}; nothing was read.",
+        "headers": _CHALLENGE,
+    },
+}
+_SECURE_RESPONSES = _READINGS_RESPONSES | _AUTH_RESPONSES
+for _status in (202, 400):
+    _SECURE_RESPONSES[_status] = _READINGS_RESPONSES[_status] | {"model": TokenReadingsAnswer}
+_SECURE_RESPONSES[503] = _READINGS_RESPONSES[503] | {
+    "description": "Kafka or the identity provider's signing keys are unavailable, or too "
+    "many requests are in flight; nothing was accepted: send again after Retry-After."
+}
+
+
 @router.post(
     "/v1/readings",
     status_code=202,
     summary="Send readings",
     response_class=Response,
+    responses=_SECURE_RESPONSES,
+    openapi_extra=_READINGS_BODY,
+)
+async def post_readings(
+    request: Request, handover: HandoverDep, settings: SettingsDep, principal: PrincipalDep
+) -> Response:
+    return await _take_readings(request, handover, settings, principal.device_id)
+
+
+@plain_router.post(
+    "/v1/readings",
+    status_code=202,
+    summary="Send readings (development: plaintext, no token)",
+    response_class=Response,
     responses=_READINGS_RESPONSES,
     openapi_extra=_READINGS_BODY,
 )
-async def post_readings(request: Request, handover: HandoverDep, settings: SettingsDep) -> Response:
+async def post_plain_readings(
+    request: Request, handover: HandoverDep, settings: SettingsDep
+) -> Response:
+    return await _take_readings(request, handover, settings, None)
+
+
+async def _take_readings(
+    request: Request, handover: Handover, settings: IngestSettings, device_id: str | None
+) -> Response:
     max_body_bytes = settings.max_body_bytes
     try:
         body = await _read_body(request, max_body_bytes)
@@ -151,7 +256,7 @@ async def post_readings(request: Request, handover: HandoverDep, settings: Setti
             {"error": f"body larger than {max_body_bytes} bytes; send smaller batches"},
             status_code=413,
         )
-    accepted, rejected = split_body(body, settings.max_record_bytes)
+    accepted, rejected = split_body(body, settings.max_record_bytes, device_id)
     metrics.MESSAGES_IN.labels(_STAGE).inc(len(accepted) + len(rejected))
     try:
         await handover.send(accepted, rejected, Source.HTTP)
@@ -210,18 +315,79 @@ class ConcurrencyLimit:
 
 
 def ingest_app(handover: Handover, settings: IngestSettings) -> FastAPI:
+    """The plain service port's app: the probes are added to it (health_app), and the
+    unauthenticated readings API while HTTP_PLAIN_READINGS is on."""
     app = FastAPI(
         title="sensor pipeline: ingest",
         version=__version__,
-        description="Readings over HTTP, handed to Kafka (docs/api.md).",
+        description="Probes and metrics; while HTTP_PLAIN_READINGS is on, readings over plain "
+        "HTTP without a token, for development (docs/api.md).",
         docs_url="/docs",
     )
     app.state.handover = handover
     app.state.settings = settings
+    if settings.http_plain_readings:
+        app.include_router(plain_router)
+        app.add_middleware(ConcurrencyLimit, limit=settings.http_max_concurrency)
+    _openapi(app)
+    return app
+
+
+def readings_app(handover: Handover, settings: IngestSettings, verifier: TokenVerifier) -> FastAPI:
+    """The HTTPS port's app: readings with a bearer token, checked by `verifier`."""
+    app = FastAPI(
+        title="sensor pipeline: ingest readings API",
+        version=__version__,
+        description=f"Readings over HTTPS with an OAuth 2.0 bearer token (scope {SCOPE}), "
+        "handed to Kafka (docs/api.md).",
+        docs_url="/docs",
+    )
+    app.state.handover = handover
+    app.state.settings = settings
+    app.state.verifier = verifier
     app.include_router(router)
+    app.add_exception_handler(Unauthenticated, _refused)
+    app.add_exception_handler(Forbidden, _refused)
+    app.add_exception_handler(KeysUnavailable, _keys_unavailable)
     app.add_middleware(ConcurrencyLimit, limit=settings.http_max_concurrency)
     _openapi(app)
     return app
+
+
+def challenge(error: Unauthenticated | Forbidden) -> str:
+    """The WWW-Authenticate value of a refusal (RFC 6750 section 3): no error code when no
+    token was sent at all."""
+    parts = [f'Bearer realm="{REALM}"']
+    if isinstance(error, Forbidden):
+        parts.append('error="insufficient_scope"')
+    elif not error.missing:
+        parts.append('error="invalid_token"')
+    if not (isinstance(error, Unauthenticated) and error.missing):
+        description = _NOT_IN_DESCRIPTION.sub("?", error.reason)
+        parts.append(f'error_description="{description}"')
+    if isinstance(error, Forbidden):
+        parts.append(f'scope="{error.scope}"')
+    return ", ".join(parts)
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Unauthenticated | Forbidden)
+    forbidden = isinstance(exc, Forbidden)
+    metrics.REQUESTS.labels(_STAGE, "http", "forbidden" if forbidden else "unauthenticated").inc()
+    return json_response(
+        {"error": exc.reason},
+        status_code=403 if forbidden else 401,
+        headers={"WWW-Authenticate": challenge(exc)},
+    )
+
+
+async def _keys_unavailable(request: Request, exc: Exception) -> Response:
+    metrics.REQUESTS.labels(_STAGE, "http", "unavailable").inc()
+    return json_response(
+        {"error": "the identity provider's signing keys are unavailable; send again"},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_KAFKA_S)},
+    )
 
 
 def reading_components() -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from libs.common.errors import (
+    DeviceNotAllowed,
     MissingDeviceId,
     NotAnObject,
     NotJson,
@@ -65,29 +66,37 @@ def check_size(payload: bytes, max_record_bytes: int) -> None:
         )
 
 
-def check_object(data: Any) -> str:
-    """The device_id of a reading object, or the reason it is not one."""
+def check_object(data: Any, allowed_device: str | None = None) -> str:
+    """The device_id of a reading object, or the reason it is not one; with `allowed_device`
+    (the sender may speak for that device only), any other device's reading is refused."""
     if not isinstance(data, dict):
         raise NotAnObject(f"a reading must be a JSON object, got {_kind(data)}")
     device_id = data.get("device_id")
     if not isinstance(device_id, str) or not device_id.strip():
         raise MissingDeviceId("device_id is required and must be non-empty text")
+    if allowed_device is not None and device_id != allowed_device:
+        raise DeviceNotAllowed(
+            f"reading of device {device_id!r}, but the token is bound to device {allowed_device!r}"
+        )
     return device_id
 
 
-def check_message(payload: bytes, max_record_bytes: int = MAX_RECORD_BYTES) -> Outgoing:
+def check_message(
+    payload: bytes, max_record_bytes: int = MAX_RECORD_BYTES, allowed_device: str | None = None
+) -> Outgoing:
     """One record (an MQTT message, an NDJSON line): a Kafka record keyed by device_id (bytes
     passed on unchanged)."""
     check_size(payload, max_record_bytes)
-    device_id = check_object(parse_json(payload))
+    device_id = check_object(parse_json(payload), allowed_device)
     return Outgoing(payload, device_id.encode())
 
 
 def split_body(
-    body: bytes, max_record_bytes: int = MAX_RECORD_BYTES
+    body: bytes, max_record_bytes: int = MAX_RECORD_BYTES, allowed_device: str | None = None
 ) -> tuple[list[Outgoing], list[Rejected]]:
     """An HTTP body (one object, an array of objects, or NDJSON) split into readings, each
-    held to the same per-record limit as an MQTT message."""
+    held to the same per-record limit as an MQTT message; with `allowed_device`, a reading of
+    any other device is a DeviceNotAllowed reject."""
     accepted: list[Outgoing] = []
     rejected: list[Rejected] = []
     try:
@@ -104,7 +113,7 @@ def split_body(
         lines = [line for line in body.split(b"\n") if line.strip()]
         for index, line in enumerate(lines):
             try:
-                accepted.append(check_message(line, max_record_bytes))
+                accepted.append(check_message(line, max_record_bytes, allowed_device))
             except RecordError as err:
                 rejected.append(Rejected.of(index, line, err, max_record_bytes))
         return accepted, rejected
@@ -116,7 +125,7 @@ def split_body(
             if items is data:
                 raw = _reading_bytes(item)
             check_size(raw, max_record_bytes)
-            device_id = check_object(item)
+            device_id = check_object(item, allowed_device)
         except RecordError as err:
             rejected.append(Rejected.of(index, raw, err, max_record_bytes))
             continue

@@ -1,31 +1,87 @@
-"""The ingest service wired up: MQTT subscriber and HTTP API, both handing over to Kafka."""
+"""The ingest service wired up: MQTT subscriber and HTTP APIs, all handing over to Kafka."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
 
 import structlog
 
+from libs.common.auth import TokenVerifier
 from libs.common.health import Readiness, health_app, serve_http
 from libs.common.service import background, kafka_producer, watch_kafka
+from libs.common.tls import client_context, server_context
 from services.ingest.handover import Handover
-from services.ingest.http_api import ingest_app
+from services.ingest.http_api import SCOPE, ingest_app, readings_app
 from services.ingest.mqtt import MqttIngest
 from services.ingest.settings import IngestSettings
 
 log = structlog.get_logger(__name__)
 
 
+def token_verifier(settings: IngestSettings) -> TokenVerifier:
+    jwks_url = settings.jwks_url()
+    verify: ssl.SSLContext | bool = (
+        client_context(settings.tls_ca_file) if jwks_url.startswith("https://") else True
+    )
+    return TokenVerifier(
+        issuer=settings.idp_issuer,
+        audience=settings.idp_audience,
+        required_scope=SCOPE,
+        jwks_url=jwks_url,
+        verify=verify,
+        refetch_interval_s=settings.idp_jwks_refetch_s,
+    )
+
+
+@contextlib.asynccontextmanager
+async def http_servers(
+    settings: IngestSettings,
+    handover: Handover,
+    readiness: Readiness,
+    tls: ssl.SSLContext | None,
+    verifier: TokenVerifier | None,
+) -> AsyncIterator[None]:
+    """The plain port (probes, metrics; the development readings API while it is on) and the
+    HTTPS readings API (when `tls` and `verifier` are given)."""
+    # The concurrency limit is the app's own (ConcurrencyLimit), for its Retry-After.
+    plain = health_app(readiness, ingest_app(handover, settings))
+    if settings.http_plain_readings:
+        log.warning(
+            f"plaintext, unauthenticated readings API on :{settings.http_port} (development only)",
+            http_port=settings.http_port,
+            hint="HTTP_PLAIN_READINGS=false serves readings on HTTPS only",
+        )
+    if tls is None or verifier is None:
+        log.warning("HTTPS readings API off (HTTPS_ENABLED=false)")
+    async with contextlib.AsyncExitStack() as servers:
+        await servers.enter_async_context(serve_http(plain, settings.http_host, settings.http_port))
+        if tls is not None and verifier is not None:
+            secure = readings_app(handover, settings, verifier)
+            await servers.enter_async_context(
+                serve_http(secure, settings.http_host, settings.https_port, tls)
+            )
+        log.info(
+            "accepting readings",
+            http_port=settings.http_port,
+            https_port=settings.https_port if tls is not None else None,
+            plain_readings=settings.http_plain_readings,
+        )
+        yield
+
+
 async def run(settings: IngestSettings, stop: asyncio.Event) -> None:
     needs = ("kafka", "mqtt") if settings.mqtt_enabled else ("kafka",)
     readiness = Readiness(settings.service_name, *needs)
+    # Read before connecting to anything: a missing certificate stops the service at once.
+    tls = server_context(*settings.tls_files()) if settings.https_enabled else None
+    verifier = token_verifier(settings) if settings.https_enabled else None
     async with kafka_producer(settings) as producers:
         readiness.set("kafka", True)
         handover = Handover(producers, settings, stop, readiness)
-        # The concurrency limit is the app's own (ConcurrencyLimit), for its Retry-After.
-        app = health_app(readiness, ingest_app(handover, settings))
-        async with serve_http(app, settings.http_host, settings.http_port):
-            log.info("accepting readings", http_port=settings.http_port)
+        async with http_servers(settings, handover, readiness, tls, verifier):
 
             async def metadata() -> object:
                 return await producers.producer.client.fetch_all_metadata()
@@ -35,6 +91,6 @@ async def run(settings: IngestSettings, stop: asyncio.Event) -> None:
                     await MqttIngest(settings, handover, readiness).run(stop)
                 else:
                     await stop.wait()
-        # Leaving serve_http stops taking HTTP requests (in-flight ones finish); leaving the
+        # Leaving the servers stops taking HTTP requests (in-flight ones finish); leaving the
         # producer flushes what is queued.
     log.info("stopped")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
+from libs.common.auth import jwks_url_of
 from libs.common.settings import PipelineSettings
+from libs.common.tls import local_server_files
 from services.ingest.intake import MAX_RECORD_BYTES
 
 # Settings renamed to the runner's names after 0.1.0: one still set in a deployment stops the
@@ -21,6 +24,29 @@ RENAMED = {
 class IngestSettings(PipelineSettings):
     service_name: str = "ingest"
     http_port: int = Field(default=8080, ge=1, le=65535)
+    # POST /v1/readings over HTTPS with an OAuth 2.0 bearer token (scope readings:write), on
+    # HTTP_HOST; the plain HTTP_PORT keeps /healthz, /readyz and /metrics for probes.
+    https_port: int = Field(default=8443, ge=1, le=65535)
+    # Off only where no certificate is mounted yet (docker-compose.yml, deploy/k8s, until they
+    # get theirs): then readings come only over MQTT and HTTP_PLAIN_READINGS.
+    https_enabled: bool = True
+    # None: the local stack's <repo>/.stack/certs/ingest.crt and .key (deploy/local/certs.sh),
+    # resolved at run time so that no machine path is a committed default.
+    https_cert_file: Path | None = None
+    https_key_file: Path | None = None
+    # The unauthenticated, plaintext POST /v1/readings on HTTP_PORT, for development (a warning
+    # at start-up when on). True for now because the simulator, the benchmark and the tests
+    # still post there; the default flips to False when they move to HTTPS_PORT.
+    http_plain_readings: bool = True
+    # The identity provider whose tokens the readings API accepts: the tokens' issuer (iss),
+    # the audience (aud) they must name, and where its signing keys are (None: Keycloak's
+    # <issuer>/protocol/openid-connect/certs). An https JWKS is checked against TLS_CA_FILE.
+    idp_issuer: str = "http://127.0.0.1:8180/realms/sensor-pipeline"
+    idp_audience: str = "ingest-api"
+    idp_jwks_url: str | None = None
+    # A token signed with a key the cache does not know refetches the keys (a rotation), at
+    # most this often: forged key ids cannot make ingest fetch on every request.
+    idp_jwks_refetch_s: float = Field(default=10.0, gt=0)
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     # A shared subscription: replicas of ingest split the messages between them.
     mqtt_topic: str = "$share/ingest/sensors/+/readings"
@@ -60,6 +86,20 @@ class IngestSettings(PipelineSettings):
         if parts.scheme != "mqtt" or not parts.hostname:
             raise ValueError("mqtt_url must look like mqtt://host:port")
         return value
+
+    def tls_files(self) -> tuple[Path, Path]:
+        """The HTTPS certificate and key: the ones set, else the local stack's."""
+        cert, key = local_server_files("ingest")
+        return self.https_cert_file or cert, self.https_key_file or key
+
+    def jwks_url(self) -> str:
+        return self.idp_jwks_url or jwks_url_of(self.idp_issuer)
+
+    @model_validator(mode="after")
+    def _separate_ports(self) -> IngestSettings:
+        if self.https_enabled and self.https_port == self.http_port:
+            raise ValueError(f"https_port and http_port are both {self.http_port}: two servers")
+        return self
 
     @model_validator(mode="after")
     def _no_renamed_settings(self) -> IngestSettings:

@@ -67,6 +67,8 @@ def start(stage: str, port: int, env: dict[str, str], log_dir: Path, name: str =
         log_dir / f"{name or stage}.log",
         env=env | {"LOG_LEVEL": "INFO"},
         port=port,
+        # ingest's HTTPS port too is the test's own: tests run beside each other and `make run`.
+        https_port=free_port() if stage == "ingest" and "HTTPS_PORT" not in env else None,
     )
     return Service(stage, process.start())
 

@@ -65,8 +65,17 @@ def busy_count() -> float:
     return sample_sum(scraped, "pipeline_ingest_requests_total", transport="http", outcome="busy")
 
 
-# Every answer POST /v1/readings counts: 202, 400, 413, 503 (Kafka down), 503 (concurrency limit).
-HTTP_OUTCOMES = {"accepted", "rejected", "too_large", "unavailable", "busy"}
+# Every answer POST /v1/readings counts: 202, 400, 413, 503 (Kafka down), 503 (concurrency limit),
+# and over HTTPS 401 and 403.
+HTTP_OUTCOMES = {
+    "accepted",
+    "rejected",
+    "too_large",
+    "unavailable",
+    "busy",
+    "unauthenticated",
+    "forbidden",
+}
 
 
 def test_metrics_of_a_fresh_ingest_have_every_http_outcome_at_zero_busy_included() -> None:

@@ -119,3 +119,18 @@ def test_a_body_of_many_small_readings_is_not_held_to_the_record_limit() -> None
 )
 def test_the_device_is_named_by_the_topic_devices_publish_to(topic: str, device: str | None):
     assert device_of_topic(topic) == device
+
+
+def test_a_device_bound_body_rejects_each_reading_of_another_device_with_the_reason():
+    array = b'[{"device_id": "dev-1"}, {"device_id": "dev-2"}, {"device_id": "dev-1"}]'
+    ndjson = b'{"device_id": "dev-2"}\n{"device_id": "dev-1"}\n'
+    for body, kept, bad in ((array, 2, [1]), (ndjson, 1, [0])):
+        accepted, rejected = split_body(body, allowed_device="dev-1")
+        assert [r.key for r in accepted] == [b"dev-1"] * kept
+        assert [r.index for r in rejected] == bad
+        assert [type(r.error).__name__ for r in rejected] == ["DeviceNotAllowed"]
+        assert rejected[0].error.reasons == [
+            "reading of device 'dev-2', but the token is bound to device 'dev-1'"
+        ]
+    accepted, rejected = split_body(array)
+    assert len(accepted) == 3 and not rejected

@@ -13,11 +13,12 @@ import jsonschema
 import pytest
 
 from libs.common import cli
+from libs.common.auth import TokenVerifier
 from libs.common.health import Readiness, health_app
 from libs.common.models import RawReading, reading_json_schema
 from libs.common.version import __version__
 from services.ingest.handover import Handover
-from services.ingest.http_api import ingest_app
+from services.ingest.http_api import ingest_app, readings_app
 from services.ingest.settings import IngestSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,3 +126,34 @@ def test_the_published_reading_schema_holds_the_documented_reading_and_refuses_a
         assert not validator.is_valid(nameless)
     assert not validator.is_valid({"device_id": "   ", "timestamp": 1})
     assert json.loads(cli.reading_schema()) == schema
+
+
+def test_the_https_document_asks_for_a_bearer_token_and_answers_401_and_403():
+    verifier = TokenVerifier(
+        issuer="http://127.0.0.1:8180/realms/sensor-pipeline",
+        audience="ingest-api",
+        required_scope="readings:write",
+        jwks_url="http://127.0.0.1:8180/realms/sensor-pipeline/protocol/openid-connect/certs",
+    )
+    secure = readings_app(cast(Handover, None), IngestSettings(), verifier).openapi()
+    schemes = secure["components"]["securitySchemes"]
+    assert schemes == {
+        "HTTPBearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": schemes["HTTPBearer"]["description"],
+        }
+    }
+    operation = secure["paths"]["/v1/readings"]["post"]
+    assert operation["security"] == [{"HTTPBearer": []}]
+    for status in ("401", "403"):
+        assert "WWW-Authenticate" in operation["responses"][status]["headers"], status
+    rejects = secure["components"]["schemas"]["TokenReject"]["properties"]["error_type"]["enum"]
+    assert "DeviceNotAllowed" in rejects
+    assert set(secure["paths"]) == {"/v1/readings"}, "the probes stay on the plain port"
+
+
+def test_the_plain_document_asks_for_no_token(document):
+    assert "securitySchemes" not in document.get("components", {})
+    assert "security" not in document["paths"]["/v1/readings"]["post"]
