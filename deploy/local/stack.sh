@@ -76,6 +76,16 @@ server_start() {
   fi
   rm -f "$RUN/$name.pid"
   "${name}_start"
+  # The pid written is the child's, which may not have exec'd the server yet: until it has, its
+  # command line is this script's, and server_pid (which checks the server's marker in it)
+  # would take a server that is starting for one that exited. Wait for the exec (or the exit).
+  local i
+  for ((i = 0; i < 50; i++)); do
+    server_pid "$name" >/dev/null && return 0
+    pid=$(head -n 1 "$RUN/$name.pid" 2>/dev/null | tr -dc '0-9')
+    if [[ -z $pid ]] || ! kill -0 "$pid" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
 }
 
 # server_stop NAME: stops the server if it runs; returns 1 if it was not running.
