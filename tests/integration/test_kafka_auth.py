@@ -99,6 +99,7 @@ def broker() -> Iterator[Broker]:
         "KAFKA_SASL_PORT": str(sasl_port),
         "KAFKA_CONTROLLER_PORT": str(controller_port),
         "STACK_START_TIMEOUT": "120",
+        "KAFKA_HEAP_OPTS": "-Xmx256m -Xms128m",
     }
     try:
         started = stack_sh(
@@ -156,6 +157,15 @@ def test_users_have_generated_passwords_of_their_own(broker: Broker) -> None:
     ]
     assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
     assert len({f.read_text() for f in files}) == len(files)
+
+
+def test_a_second_up_keeps_the_passwords_and_skips_the_commands(broker: Broker) -> None:
+    secrets = broker.stack_dir / "secrets"
+    before = {f.name: f.read_text() for f in secrets.glob("kafka-*.password")}
+    again = stack_sh(broker.env, "kafka_accounts", timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "users and ACLs current" in again.stdout
+    assert {f.name: f.read_text() for f in secrets.glob("kafka-*.password")} == before
 
 
 def test_ingest_writes_sensor_data_and_is_refused_the_validated_topic(broker: Broker) -> None:
