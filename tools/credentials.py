@@ -14,6 +14,10 @@ servers that issue them.
       prints {device_id, revoked}.
   database --role reader|store|enrich|admin_api|migrator
       prints a PostgreSQL DSN for that role of least privilege (TLS, sslmode=verify-full).
+  kafka [--user operator|admin|ingest|validate|enrich|store]
+      prints librdkafka's key=value lines (bootstrap.servers, security.protocol, sasl.mechanisms,
+      sasl.username, sasl.password, ssl.ca.location) for a SCRAM user of Kafka's SASL_SSL
+      listener: by default `operator`, which may read every pipeline topic.
 
 The clients' secrets are the ones `make up` generated into the stack folder
 (.stack/secrets/keycloak), unless settings name others; the MQTT accounts are those of
@@ -42,6 +46,7 @@ from libs.common.cli import argument_parser, settings_problems
 from libs.common.errors import ConfigurationError, PipelineError, TransientError
 from libs.common.settings import PipelineSettings
 from tools.db_accounts import ROLES, dsn_for
+from tools.kafka_accounts import USERS, KafkaAccountsSettings, credentials_for
 from tools.mqtt_accounts import MqttAccountsSettings, register_device, revoke_device
 
 # The checkout's root (tools/credentials.py -> the repo), resolved at run time so that no
@@ -327,7 +332,38 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     add_device_commands(commands)
     add_database_command(commands)
+    add_kafka_command(commands)
     return parser.parse_args(argv)
+
+
+# --- Kafka users (tools.kafka_accounts) -----------------------------------------------------------
+
+
+def add_kafka_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    kafka = commands.add_parser(
+        "kafka",
+        help="librdkafka-style key=value settings of a SCRAM user of Kafka's SASL_SSL listener",
+        description="Print bootstrap.servers, security.protocol, sasl.mechanisms, "
+        "sasl.username, sasl.password and ssl.ca.location, one key=value a line, for one user: "
+        + "; ".join(f"{name}: {what}" for name, what in USERS.items())
+        + ". The listener is KAFKA_SASL_HOST:KAFKA_SASL_PORT (127.0.0.1:9094), the password "
+        "the stack's secrets/kafka-USER.password (STACK_DIR), the CA TLS_CA_FILE's.",
+    )
+    kafka.add_argument("--user", default="operator", choices=sorted(USERS))
+
+
+def kafka_settings(user: str) -> int:
+    try:
+        credentials = credentials_for(user, KafkaAccountsSettings())
+    except ValidationError as error:
+        problems = settings_problems(error, KafkaAccountsSettings)
+        sys.stderr.write(f"tools.credentials: bad settings\n{problems}\n")
+        return 2
+    except ConfigurationError as error:
+        sys.stderr.write(f"tools.credentials kafka: {error}\n")
+        return 2
+    sys.stdout.write(credentials.properties())
+    return 0
 
 
 # --- database roles (tools.db_accounts) ---------------------------------------------------------
@@ -390,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "database":
         return database_dsn(args.role, args.secrets_dir)
+    if args.command == "kafka":
+        return kafka_settings(args.user)
     if args.command in ("device", "revoke"):
         try:
             sys.stdout.write(mqtt_account(args.command, args.device_id) + "\n")

@@ -18,6 +18,9 @@ RUN="$STACK/run"
 
 KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
+# The second Kafka listener: SASL_SSL (SCRAM-SHA-512 over TLS 1.2+), see "Kafka: SASL_SSL" in
+# stack.sh. KAFKA_PORT stays PLAINTEXT until the clients move to this one.
+KAFKA_SASL_PORT=${KAFKA_SASL_PORT:-9094}
 MQTT_PORT=${MQTT_PORT:-1883}
 PG_PORT=${PG_PORT:-5432}
 PG_MAJOR=${PG_MAJOR:-15}
@@ -35,9 +38,20 @@ DB_USER=sensors
 DB_PASSWORD=sensors
 
 KAFKA_DIR="$STACK/kafka"
-KAFKA_LIBS="$CACHE/kafka/libs"
+# The jars (install.sh puts them there); settable so that a test of a private stack can use
+# another checkout's.
+KAFKA_LIBS=${KAFKA_LIBS:-$CACHE/kafka/libs}
 KAFKA_CONF="$KAFKA_DIR/server.properties"
 KAFKA_DATA="$KAFKA_DIR/data"
+# The SASL_SSL listener's certificate and key (certs.sh's), and the broker's copy of them as
+# one PEM file (its keystore, 0600).
+KAFKA_TLS_CERT="$STACK/certs/kafka.crt"
+KAFKA_TLS_KEY="$STACK/certs/kafka.key"
+KAFKA_KEYSTORE="$KAFKA_DIR/tls/kafka-keystore.pem"
+# The SCRAM users of the SASL_SSL listener, one per service, `admin` (a super user: set-up and
+# operators) and `operator` (reads every pipeline topic); each one's password is generated once
+# into SECRETS/kafka-<user>.password (0600).
+KAFKA_USERS=(admin ingest validate enrich store operator)
 
 MQTT_DIR="$STACK/mosquitto"
 MQTT_CONF="$MQTT_DIR/mosquitto.conf"

@@ -11,7 +11,8 @@
 # this file only supervises them. Everything it makes (jars, builds, data, logs, pid files,
 # rendered configs) lives in <repo>/.stack/, which git ignores; servers listen on 127.0.0.1
 # only. Settings (environment, with defaults):
-#   KAFKA_PORT=9092  KAFKA_CONTROLLER_PORT=9093  MQTT_PORT=1883  MQTT_TLS_PORT=8883
+#   KAFKA_PORT=9092  KAFKA_SASL_PORT=9094  KAFKA_CONTROLLER_PORT=9093
+#   MQTT_PORT=1883  MQTT_TLS_PORT=8883
 #   PG_PORT=5432  PG_MAJOR=15
 #   KEYCLOAK_PORT=8180  KEYCLOAK_MANAGEMENT_PORT=9190  KEYCLOAK_JAVA_HOME=(a JDK 21+, found if unset)
 #   KEYCLOAK_TLS=off (on: HTTPS with STACK_DIR/certs/keycloak.crt and .key)
@@ -163,11 +164,29 @@ kafka_render_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_PORT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
+# SASL_SSL: SCRAM-SHA-512 users (made by kafka_accounts after the start) over TLS 1.2 or
+# 1.3, with the local CA's certificate for kafka (one PEM file: key and certificate).
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$KAFKA_KEYSTORE
+listener.name.sasl_ssl.ssl.protocol=TLSv1.3
+listener.name.sasl_ssl.ssl.enabled.protocols=TLSv1.3,TLSv1.2
+listener.name.sasl_ssl.ssl.client.auth=none
+# Every request is authorized by the ACLs of kafka_accounts; no ACL means refused.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+# User:ANONYMOUS is every client of the PLAINTEXT and CONTROLLER listeners: a super user only
+# for now, so that the services and tests, which still connect in plaintext, keep working.
+# ANONYMOUS leaves super.users when the clients switch to SASL_SSL (the controller listener
+# then gets a principal of its own); User:admin stays, for set-up and operators.
+super.users=User:ANONYMOUS;User:admin
 log.dirs=$KAFKA_DATA
 num.partitions=6
 default.replication.factor=1
@@ -186,6 +205,7 @@ EOC
 
 kafka_start() {
   mkdir -p "$KAFKA_DATA"
+  kafka_keystore
   kafka_render_config
   if [[ ! -f "$KAFKA_DATA/meta.properties" ]]; then
     step "Kafka: formatting the KRaft storage (once)" "$LOGS/kafka-format.log"
@@ -198,8 +218,8 @@ kafka_start() {
   step "Kafka: starting the broker on 127.0.0.1:$KAFKA_PORT (controller :$KAFKA_CONTROLLER_PORT)" \
     "$LOGS/kafka.log"
   local p
-  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
-    port_open "$p" && port_taken "$p" "KAFKA_PORT / KAFKA_CONTROLLER_PORT"
+  for p in "$KAFKA_PORT" "$KAFKA_SASL_PORT" "$KAFKA_CONTROLLER_PORT"; do
+    port_open "$p" && port_taken "$p" "KAFKA_PORT / KAFKA_SASL_PORT / KAFKA_CONTROLLER_PORT"
   done
   kafka_java_cmd "$KAFKA_HEAP_OPTS" log4j2.properties
   setsid "${KAFKA_JAVA[@]}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError \
@@ -223,11 +243,128 @@ kafka_wait() {
       out=$(timeout 30 "${KAFKA_JAVA[@]}" org.apache.kafka.tools.BrokerApiVersionsCommand \
         --bootstrap-server "127.0.0.1:$KAFKA_PORT" 2>/dev/null) && [[ $out == *"Produce("* ]]; then
       note "Kafka: ready"
+      kafka_accounts
       return 0
     fi
     sleep 1
   done
   die "Kafka did not answer on 127.0.0.1:$KAFKA_PORT within ${START_TIMEOUT}s"
+}
+
+# ---------------------------------------------------------------- Kafka: SASL_SSL and ACLs
+# kafka_keystore: the broker's keystore, the key and certificate of certs.sh in one PEM file
+# (the PKCS#8 key first), taken afresh at each start, so a restart after rotate-certs serves
+# the new ones.
+kafka_keystore() {
+  [[ -f $KAFKA_TLS_CERT && -f $KAFKA_TLS_KEY ]] ||
+    die "no Kafka certificate in $(dirname "$KAFKA_TLS_CERT") (certs.sh makes it; run 'make up')"
+  mkdir -p "$(dirname "$KAFKA_KEYSTORE")"
+  chmod 0700 "$(dirname "$KAFKA_KEYSTORE")"
+  (umask 077 && cat "$KAFKA_TLS_KEY" "$KAFKA_TLS_CERT" >"$KAFKA_KEYSTORE.tmp")
+  mv "$KAFKA_KEYSTORE.tmp" "$KAFKA_KEYSTORE"
+}
+
+# The ACLs of the SCRAM users (User:admin needs none: a super user). One row, one AclCommand:
+# the user is allowed each operation on each resource of the row. Pattern `literal` matches
+# the name exactly, `prefixed` every name that starts with it. Topics and groups are literal
+# (a prefixed `sensor-data` would also match sensor-data-validated); transactional ids are
+# prefixed, as a stage's are "<group>-<host>-<port>" (libs/common/service.py); the operator's
+# own consumer groups are those whose name starts with "operator". A `topic,group` row: the
+# first name is the topic, the second the group. The tests' private topics
+# (t-<id>-sensor-data...) match none of these rows: they use the PLAINTEXT listener for now.
+# user      pattern   resource          operations      names
+KAFKA_ACLS=$(
+  cat <<'EOF'
+ingest      literal   topic             WRITE           sensor-data sensor-data-errors
+validate    literal   topic,group       READ            sensor-data validate
+validate    literal   topic             WRITE           sensor-data-validated sensor-data-errors
+validate    prefixed  transactional-id  WRITE,DESCRIBE  validate-
+enrich      literal   topic,group       READ            sensor-data-validated enrich
+enrich      literal   topic             WRITE           sensor-data-enriched sensor-data-errors
+enrich      prefixed  transactional-id  WRITE,DESCRIBE  enrich-
+store       literal   topic,group       READ            sensor-data-enriched store
+store       literal   topic             WRITE           sensor-data-errors
+store       prefixed  transactional-id  WRITE,DESCRIBE  store-
+operator    literal   topic             READ,DESCRIBE   sensor-data sensor-data-validated sensor-data-enriched sensor-data-errors
+operator    literal   group             DESCRIBE        validate enrich store
+operator    prefixed  group             READ,DESCRIBE   operator
+EOF
+)
+
+kafka_password_file() { echo "$SECRETS/kafka-$1.password"; } # USER
+
+# kafka_acl_args ROW: sets KAFKA_ACL_ARGS to the AclCommand arguments of one KAFKA_ACLS row.
+KAFKA_ACL_ARGS=()
+kafka_acl_args() {
+  local user pattern resources operations names topic group op n
+  read -r user pattern resources operations names <<<"$1"
+  KAFKA_ACL_ARGS=(--add --allow-principal "User:$user" --resource-pattern-type "$pattern")
+  for op in ${operations//,/ }; do KAFKA_ACL_ARGS+=(--operation "$op"); done
+  if [[ $resources == topic,group ]]; then
+    read -r topic group <<<"$names"
+    KAFKA_ACL_ARGS+=(--topic "$topic" --group "$group")
+    return 0
+  fi
+  for n in $names; do KAFKA_ACL_ARGS+=("--$resources" "$n"); done
+}
+
+# kafka_accounts: the SCRAM users of KAFKA_USERS (passwords generated once into SECRETS) and
+# the ACLs of KAFKA_ACLS, set over the PLAINTEXT listener (its principal is a super user for
+# now) with Kafka's own ConfigCommand and AclCommand. Both set what is there already without
+# harm; a marker (the hash of the passwords, the ACL table and the storage's meta.properties,
+# so that a newly formatted cluster counts as new) lets a later `up` skip their JVMs.
+kafka_accounts() {
+  if ! grep -q '^listener.name.sasl_ssl.' "$KAFKA_CONF" 2>/dev/null; then
+    # A broker started by an older stack.sh, before the SASL_SSL listener existed: left running.
+    note "Kafka: running without the SASL_SSL listener (started before it existed): 'make down' and 'make up' add it"
+    return 0
+  fi
+  step "Kafka: SCRAM users ${KAFKA_USERS[*]} and their ACLs" "$LOGS/kafka-accounts.log"
+  mkdir -p "$SECRETS"
+  chmod 0700 "$SECRETS"
+  local user file want marker="$KAFKA_DIR/accounts.applied"
+  for user in "${KAFKA_USERS[@]}"; do
+    file=$(kafka_password_file "$user")
+    new_secret "$file" >/dev/null
+    chmod 0600 "$file"
+  done
+  want=$({
+    for user in "${KAFKA_USERS[@]}"; do
+      printf '%s ' "$user"
+      sha256sum <"$(kafka_password_file "$user")"
+    done
+    echo "$KAFKA_ACLS"
+    cat "$KAFKA_DATA/meta.properties"
+  } | sha256sum | cut -d' ' -f1)
+  if [[ -f $marker && $(cat "$marker") == "$want" ]]; then
+    note "Kafka: users and ACLs current; SASL_SSL on 127.0.0.1:$KAFKA_SASL_PORT"
+    return 0
+  fi
+  kafka_java_cmd -Xmx128m tools-log4j2.properties
+  local bootstrap="127.0.0.1:$KAFKA_PORT" conf row
+  : >"$LOGS/kafka-accounts.log"
+  conf=$(mktemp "$KAFKA_DIR/.scram.XXXXXX")
+  for user in "${KAFKA_USERS[@]}"; do
+    # The password goes in a 0600 file (mktemp's), never on a command line.
+    printf 'SCRAM-SHA-512=iterations=8192,password=%s\n' \
+      "$(cat "$(kafka_password_file "$user")")" >"$conf"
+    "${KAFKA_JAVA[@]}" org.apache.kafka.tools.ConfigCommand --bootstrap-server "$bootstrap" \
+      --alter --entity-type users --entity-name "$user" --add-config-file "$conf" \
+      >>"$LOGS/kafka-accounts.log" 2>&1 || {
+      rm -f "$conf"
+      die "cannot set the SCRAM credential of Kafka user $user"
+    }
+  done
+  rm -f "$conf"
+  while read -r row; do
+    [[ -n $row ]] || continue
+    kafka_acl_args "$row"
+    "${KAFKA_JAVA[@]}" org.apache.kafka.tools.AclCommand --bootstrap-server "$bootstrap" \
+      "${KAFKA_ACL_ARGS[@]}" >>"$LOGS/kafka-accounts.log" 2>&1 ||
+      die "cannot add the Kafka ACLs: $row"
+  done <<<"$KAFKA_ACLS"
+  echo "$want" >"$marker"
+  note "Kafka: SASL_SSL on 127.0.0.1:$KAFKA_SASL_PORT; users ${KAFKA_USERS[*]} (passwords in $SECRETS)"
 }
 
 # ---------------------------------------------------------------- Mosquitto
