@@ -37,6 +37,7 @@ import aiomqtt
 import httpx
 import orjson
 import structlog
+from aiomqtt.exceptions import MqttConnectError
 
 from libs.common.cli import argument_parser
 from libs.common.errors import PipelineError, TransientError
@@ -282,10 +283,10 @@ class MqttFleet:
         senders = self.connections
         results = await asyncio.gather(*(one(s) for s in senders), return_exceptions=True)
         for sender, result in zip(senders, results, strict=True):
-            if isinstance(result, aiomqtt.MqttCodeError) and sender.credentials is not None:
+            if isinstance(result, MqttConnectError) and sender.credentials is not None:
                 raise SimulatorError(
                     f"the MQTT broker at {sender.url} refused {sender.who}'s credentials "
-                    f"({result}): its kept password does not match its account; "
+                    f"({result}): the password kept for it no longer matches its account; "
                     f"`python -m tools.credentials revoke {sender.credentials.device_id}` "
                     "deletes both, and the next start registers it anew"
                 ) from result

@@ -643,3 +643,31 @@ async def test_plaintext_warns_once_naming_the_urls(capsys):
     )
     out = capsys.readouterr().out
     assert "plaintext" in out and "http://ingest.test" in out
+
+
+class FakeConnection:
+    """Stands in for one device's MqttSender: records what it was given, fails its `bad` ids."""
+
+    def __init__(self, bad: frozenset[str] = frozenset()) -> None:
+        self.got: list[list[str]] = []
+        self.bad = bad
+
+    async def send(self, batch: list[Emitted]) -> list[bool]:
+        self.got.append([e.device_id for e in batch])
+        return [e.device_id not in self.bad for e in batch]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_each_mqtt_reading_goes_over_its_own_devices_connection_in_order():
+    a, b = FakeConnection(), FakeConnection(bad=frozenset({"d-b"}))
+    fleet = sim.MqttFleet({"d-a": a, "d-b": b})  # type: ignore[dict-item]
+    batch = [Emitted(device, Transport.MQTT, Kind.VALID, b"{}") for device in ("d-a", "d-b", "d-a")]
+    assert await fleet.send(batch) == [True, False, True]
+    assert (a.got, b.got) == ([["d-a", "d-a"]], [["d-b"]])
+    shared = FakeConnection()
+    plain = sim.MqttFleet(dict.fromkeys(("d-a", "d-b"), shared))  # type: ignore[arg-type]
+    assert len(plain.connections) == 1
+    assert await plain.send(batch) == [True, True, True]
+    assert shared.got == [["d-a", "d-b", "d-a"]]  # one connection: one publish round
