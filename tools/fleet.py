@@ -82,6 +82,9 @@ class FleetConfig:
     duplicate_share: float = 0.01
     late_share: float = 0.01
     seed: int | None = None
+    # Devices are <prefix>-0001, <prefix>-0002, ...: a test's own prefix keeps its devices (and
+    # their MQTT accounts) apart from `make run`'s.
+    device_prefix: str = "sim"
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -130,7 +133,7 @@ def make_devices(config: FleetConfig, rng: random.Random) -> list[Device]:
             transport = config.transport
         devices.append(
             Device(
-                device_id=f"sim-{index + 1:04d}",
+                device_id=f"{config.device_prefix}-{index + 1:04d}",
                 city=city.name,
                 # Spread over a metropolitan area, some 10 km around the centre.
                 latitude=round(city.latitude + rng.gauss(0, 0.08), 5),

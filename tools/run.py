@@ -59,7 +59,7 @@ from tools.run_view import (
     relative,
     render_summary,
 )
-from tools.simulate import SimConfig, SimulatorError, simulate
+from tools.simulate import SimConfig, SimulatorError, SimulatorSettings, simulate
 
 LOG_DIR = REPO_ROOT / ".stack" / "logs"
 READY_TIMEOUT_S = 60.0
@@ -309,7 +309,10 @@ class Runner:
             rate=self.options.rate,
             transport=self.options.transport,
             seed=self.options.seed,
-            ingest_url=ingest.url,
+            # ingest's HTTPS port (the fleet's token), or its plain port when SIM_PLAINTEXT.
+            ingest_url=ingest.url
+            if SimulatorSettings().sim_plaintext or ingest.https_port is None
+            else ingest.https_url,
             progress_every_s=None,  # the view shows the counts
         )
         self.sim_task = asyncio.create_task(simulate(config, self.sim_stop, self.counts))

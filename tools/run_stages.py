@@ -35,6 +35,10 @@ def stage_services(log_dir: Path) -> list[ServiceProcess]:
                 f"services.{name}",
                 log_dir / f"{name}.log",
                 port=settings.http_port,
+                # ingest's HTTPS readings port, where the simulator posts.
+                https_port=settings.https_port
+                if isinstance(settings, IngestSettings) and settings.https_enabled
+                else None,
                 host=host,
                 # Its own session: a Ctrl-C in the terminal reaches tools.run only, which then
                 # stops the services in order instead of all at once.
@@ -61,11 +65,12 @@ async def preflight(services: Sequence[ServiceProcess]) -> list[str]:
     """Problems that would make start-up fail slowly and vaguely: say them at once."""
     problems: list[str] = []
     for service in services:
-        if service.port is not None and await _reachable(service.host, service.port):
-            problems.append(
-                f"port {service.port} ({service.name}) is already in use: is another "
-                "`make run` (or a service) still running?"
-            )
+        for number in (service.port, service.https_port):
+            if number is not None and await _reachable(service.host, number):
+                problems.append(
+                    f"port {number} ({service.name}) is already in use: is another "
+                    "`make run` (or a service) still running?"
+                )
     settings = PipelineSettings()
     needs = [("Kafka", settings.kafka_bootstrap_servers.split(",")[0].strip())]
     db = urlsplit(settings.database_url.get_secret_value())

@@ -8,6 +8,7 @@ rather than against each other.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 import random
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 from tools import simulate as sim
+from tools.credentials import CredentialsError
 from tools.fleet import (
     CITIES,
     Counts,
@@ -471,3 +473,201 @@ async def test_an_http_batch_ingest_keeps_failing_is_given_up_after_its_attempts
 
 async def test_an_http_batch_refused_with_a_4xx_is_not_sent_again(monkeypatch):
     assert await _post_answered(monkeypatch, [404, 202]) == (False, 1)
+
+
+# --------------------------------------------------------------------------- TLS and credentials
+
+
+def _jwt(lifetime_s: int, mark: str = "") -> str:
+    """A token with iat and exp claims (unsigned: the simulator only schedules by them)."""
+    claims = base64.urlsafe_b64encode(
+        json.dumps({"iat": 1000, "exp": 1000 + lifetime_s, "mark": mark}).encode()
+    )
+    return f"e30.{claims.decode().rstrip('=')}.sig"
+
+
+class FakeIdp:
+    """Hands out tokens of `lifetime_s`, numbered, and counts the fetches."""
+
+    def __init__(self, lifetime_s: int = 300) -> None:
+        self.lifetime_s = lifetime_s
+        self.issued: list[str] = []
+
+    async def fetch(self) -> str:
+        token = _jwt(self.lifetime_s, str(len(self.issued)))
+        self.issued.append(token)
+        return token
+
+
+def test_a_tokens_lifetime_is_read_from_its_claims():
+    assert sim.token_lifetime_s(_jwt(300)) == 300
+    assert sim.token_lifetime_s("not-a-jwt") == sim.TOKEN_FALLBACK_LIFETIME_S
+    assert sim.token_lifetime_s("a.!!!.c") == sim.TOKEN_FALLBACK_LIFETIME_S
+
+
+async def test_the_token_is_fetched_again_at_80_percent_of_its_lifetime():
+    idp, now = FakeIdp(lifetime_s=300), [0.0]
+    token = sim.BearerToken(idp.fetch, clock=lambda: now[0])
+    first = await token.get()
+    now[0] = 239.9  # just before 80 % of 300 s
+    assert await token.get() == first
+    assert len(idp.issued) == 1
+    now[0] = 240.0
+    second = await token.get()
+    assert second != first and len(idp.issued) == 2
+    now[0] = 240.0 + 239.0
+    assert await token.get() == second  # the next renewal counts from the second fetch
+
+
+async def test_concurrent_requests_share_one_fetch_and_a_rejected_token_is_replaced():
+    idp = FakeIdp()
+    token = sim.BearerToken(idp.fetch, clock=lambda: 0.0)
+    tokens = await asyncio.gather(*(token.get() for _ in range(10)))
+    assert len(set(tokens)) == 1 and len(idp.issued) == 1
+    token.reject("some older token")  # not the current one: kept
+    assert await token.get() == tokens[0]
+    token.reject(tokens[0])
+    assert await token.get() != tokens[0]
+
+
+class FakeHttpsIngest(FakeIngest):
+    """Takes a batch only with a bearer token it has not revoked; 401 otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.revoked: set[str] = set()
+        self.seen: list[str] = []
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        self.seen.append(token)
+        if scheme != "Bearer" or not token or token in self.revoked:
+            return httpx.Response(401, json={"error": "invalid_token"})
+        return super().handler(request)
+
+
+async def test_over_https_every_batch_carries_the_fleet_token_and_a_401_gets_a_new_one():
+    ingest, idp = FakeHttpsIngest(), FakeIdp()
+    config = _http_config(count=200, ingest_url="https://ingest.test")
+    counts = await sim.simulate(
+        config,
+        asyncio.Event(),
+        http_transport=httpx.MockTransport(ingest.handler),
+        fetch_token=idp.fetch,
+    )
+    assert counts.sent == len(ingest.lines) == 200
+    assert set(ingest.seen) == {idp.issued[0]} and len(idp.issued) == 1
+    # ingest stops taking that token (it expired early, keys rotated): one 401, a new token,
+    # the same batch sent again and taken.
+    ingest.revoked.add(idp.issued[0])
+    sender = sim.HttpSender(
+        "https://ingest.test",
+        asyncio.Event(),
+        httpx.MockTransport(ingest.handler),
+        sim.BearerToken(idp.fetch),
+    )
+    try:
+        await sender.token.get()  # type: ignore[union-attr]
+        ingest.revoked.add(idp.issued[-1])
+        assert await sender._post(b"{}\n") is True
+    finally:
+        await sender.close()
+    assert ingest.seen[-2:] == [idp.issued[-2], idp.issued[-1]]
+
+
+async def test_a_token_ingest_keeps_refusing_is_not_delivered_after_one_renewal(monkeypatch):
+    _fast_retries(monkeypatch, attempts=4)
+    idp = FakeIdp()
+    refused: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        refused.append(request.headers["authorization"])
+        return httpx.Response(401, json={"error": "invalid_token"})
+
+    sender = sim.HttpSender(
+        "https://ingest.test",
+        asyncio.Event(),
+        httpx.MockTransport(handler),
+        sim.BearerToken(idp.fetch),
+    )
+    try:
+        assert await sender._post(b"{}\n") is False
+    finally:
+        await sender.close()
+    assert len(refused) == 2 and len(idp.issued) == 2  # a 401 is not retried beyond that
+
+
+async def test_no_token_from_the_identity_provider_stops_the_start_saying_so():
+    async def refuse() -> str:
+        raise CredentialsError("the identity provider refused a token: unauthorized_client")
+
+    with pytest.raises(sim.SimulatorError, match="fleet's access token.*unauthorized_client"):
+        await sim.simulate(
+            _http_config(count=10, ingest_url="https://ingest.test"),
+            asyncio.Event(),
+            http_transport=httpx.MockTransport(FakeIngest().handler),
+            fetch_token=refuse,
+        )
+
+
+def test_secure_by_default_and_sim_plaintext_gives_the_old_addresses(monkeypatch):
+    for name in ("SIM_PLAINTEXT", "INGEST_URL", "MQTT_URL", "MQTT_TLS_PORT", "HTTPS_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    config = sim.SimConfig()
+    assert (config.mqtt_url, config.ingest_url) == (
+        "mqtts://127.0.0.1:8883",
+        "https://127.0.0.1:8443",
+    )
+    assert config.plaintext() == []
+    monkeypatch.setenv("SIM_PLAINTEXT", "true")
+    config = sim.SimConfig()
+    assert (config.mqtt_url, config.ingest_url) == (
+        "mqtt://127.0.0.1:1883",
+        "http://127.0.0.1:8080",
+    )
+    assert config.plaintext() == ["mqtt://127.0.0.1:1883", "http://127.0.0.1:8080"]
+
+
+def test_a_tls_mqtt_connection_without_credentials_is_refused_at_once():
+    with pytest.raises(sim.SimulatorError, match="credentials"):
+        sim.MqttSender("mqtts://127.0.0.1:8883")
+    with pytest.raises(sim.SimulatorError, match="mqtts://host:port"):
+        sim.MqttSender("http://127.0.0.1:8883")
+
+
+async def test_plaintext_warns_once_naming_the_urls(capsys):
+    await sim.simulate(
+        _http_config(count=10),
+        asyncio.Event(),
+        http_transport=httpx.MockTransport(FakeIngest().handler),
+    )
+    out = capsys.readouterr().out
+    assert "plaintext" in out and "http://ingest.test" in out
+
+
+class FakeConnection:
+    """Stands in for one device's MqttSender: records what it was given, fails its `bad` ids."""
+
+    def __init__(self, bad: frozenset[str] = frozenset()) -> None:
+        self.got: list[list[str]] = []
+        self.bad = bad
+
+    async def send(self, batch: list[Emitted]) -> list[bool]:
+        self.got.append([e.device_id for e in batch])
+        return [e.device_id not in self.bad for e in batch]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_each_mqtt_reading_goes_over_its_own_devices_connection_in_order():
+    a, b = FakeConnection(), FakeConnection(bad=frozenset({"d-b"}))
+    fleet = sim.MqttFleet({"d-a": a, "d-b": b})  # type: ignore[dict-item]
+    batch = [Emitted(device, Transport.MQTT, Kind.VALID, b"{}") for device in ("d-a", "d-b", "d-a")]
+    assert await fleet.send(batch) == [True, False, True]
+    assert (a.got, b.got) == ([["d-a", "d-a"]], [["d-b"]])
+    shared = FakeConnection()
+    plain = sim.MqttFleet(dict.fromkeys(("d-a", "d-b"), shared))  # type: ignore[arg-type]
+    assert len(plain.connections) == 1
+    assert await plain.send(batch) == [True, True, True]
+    assert shared.got == [["d-a", "d-b", "d-a"]]  # one connection: one publish round
