@@ -16,6 +16,7 @@ development, with a warning.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import binascii
@@ -648,7 +649,7 @@ class _Progress:
         )
 
 
-def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
+def _parser() -> argparse.ArgumentParser:
     parser = argument_parser(
         prog="python -m tools.simulate",
         description="Simulate a fleet of sensor devices sending readings over MQTT and HTTP.",
@@ -682,6 +683,11 @@ def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
         help="https:// (the fleet's bearer token) or http:// (none); default: $INGEST_URL, else "
         "ingest's HTTP_HOST and HTTPS_PORT (HTTP_PORT when SIM_PLAINTEXT=true)",
     )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.devices < 1 or args.rate <= 0:
         parser.error("--devices must be >= 1 and --rate > 0")
