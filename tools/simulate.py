@@ -48,6 +48,9 @@ class SimulatorSettings(IngestSettings):
     """Where the simulator sends: ingest's own MQTT_URL, and ingest's HTTP address by default."""
 
     service_name: str = "simulate"
+    # Devices publish on the anonymous plaintext listener until the simulator gets device
+    # accounts (ingest itself subscribes on the TLS one by default): MQTT_URL still sets it.
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
     # None: ingest's address from its own HTTP_HOST and HTTP_PORT.
     ingest_url: str | None = None
 

@@ -16,7 +16,7 @@ from libs.common.health import Readiness
 from libs.common.service import kafka_producer
 from services.ingest import mqtt
 from services.ingest.handover import Handover
-from services.ingest.mqtt import MqttIngest
+from services.ingest.mqtt import MqttIngest, MqttLogin
 from services.ingest.settings import IngestSettings
 from tests.conftest import MQTT_HOST, MQTT_PORT, Names
 from tests.integration.kafka_helpers import read_topic, settle_and_read
@@ -95,9 +95,9 @@ async def test_an_unreachable_broker_is_retried_until_stopped_and_never_ready(
     attempts: list[int] = []
     real_open = MqttIngest._open
 
-    async def counted_open(self: MqttIngest) -> object:
+    async def counted_open(self: MqttIngest, login: MqttLogin) -> object:
         attempts.append(1)
-        return await real_open(self)
+        return await real_open(self, login)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(MqttIngest, "_open", counted_open)
