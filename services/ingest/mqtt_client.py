@@ -44,6 +44,8 @@ CONNECT_TIMEOUT_S = 10.0
 # CONNACK reason codes of a refused login (MQTT v5: Bad User Name or Password, Not
 # authorized; v3.1.1: 4 and 5): permanent, another try with the same credentials fails alike.
 LOGIN_REFUSED = frozenset({0x86, 0x87, 4, 5})
+# A SUBACK's "not authorized": the account may not read that topic filter, on every try.
+NOT_AUTHORIZED = 0x87
 
 
 @dataclass(slots=True)
@@ -217,6 +219,12 @@ class MqttSession:
             raise MqttUnavailable(f"{self.host}:{self.port}: {error!r}") from error
         # Not an outage: a library without the parts flow control needs stops the service.
         check_connection_hooks(self._client._connection)  # noqa: SLF001
+        if granted and granted[0] == NOT_AUTHORIZED:
+            self.lost.set()
+            raise ConfigurationError(
+                f"MQTT broker {self.host}:{self.port} does not let MQTT_USERNAME subscribe to "
+                f"{topic} (not authorized): check MQTT_TOPIC and the account's role"
+            )
         if not granted or granted[0] >= 0x80:
             self.lost.set()
             raise MqttUnavailable(f"subscription to {topic} refused: {granted}")

@@ -491,6 +491,21 @@ def test_ingest_with_a_wrong_password_stops_with_a_configuration_error(broker: B
         asyncio.run(scenario())
 
 
+def test_ingest_subscribing_outside_its_accounts_role_stops_with_a_configuration_error(
+    broker: Broker,
+) -> None:
+    session = ingest_session(broker, broker.ingest_password())
+
+    async def scenario() -> None:
+        try:
+            await session.open("$share/ingest/t-private/sensors/+/readings")
+        finally:
+            await session.close()
+
+    with pytest.raises(ConfigurationError, match="not authorized.*MQTT_TOPIC"):
+        asyncio.run(scenario())
+
+
 def test_ingest_trusting_another_ca_stops_with_a_configuration_error(
     broker: Broker, tmp_path: Path
 ) -> None:
