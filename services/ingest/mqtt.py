@@ -178,11 +178,12 @@ class MqttIngest:
         limit = self.settings.max_record_bytes
         for index, message in enumerate(batch):
             payload = message.payload
+            # The topic names the device (the broker lets a device publish only to its own),
+            # even when the payload cannot say; a payload naming another is a DeviceMismatch.
+            device_id = device_of_topic(message.topic)
             try:
-                accepted.append(check_message(payload, limit))
+                accepted.append(check_message(payload, limit, topic_device=device_id))
             except RecordError as error:
-                # The topic names the device even when the payload cannot say.
-                device_id = device_of_topic(message.topic)
                 rejected.append(Rejected.of(index, payload, error, limit, device_id))
         metrics.MESSAGES_IN.labels(_STAGE).inc(len(batch))
         if not await self._until_handed_over(accepted, rejected, stop):
