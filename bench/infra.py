@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import tempfile
 import time
@@ -40,7 +41,12 @@ PRODUCER_COMPRESSION = _SETTINGS.producer_compression
 DATABASE_URL = _SETTINGS.database_url.get_secret_value()
 _MQTT = urlsplit(_SETTINGS.mqtt_url)
 MQTT_HOST = _MQTT.hostname or "127.0.0.1"
-MQTT_PORT = _MQTT.port or 1883
+# The benchmark's own clients publish (and subscribe) where devices do: the anonymous
+# plaintext listener (MQTT_PORT, as stack.sh's), not ingest's TLS one with accounts.
+MQTT_PORT = int(os.environ.get("MQTT_PORT", "1883"))
+# An ingest on a benchmark's private topic prefix: ingest's broker account may subscribe only
+# to the real shared subscription, so such an ingest listens on the plaintext listener.
+MQTT_PLAIN_URL = f"mqtt://{MQTT_HOST}:{MQTT_PORT}"
 # As in production (tools/setup.py's default): the stages' parallelism is per partition.
 PARTITIONS = 6
 KAFKA_TOOL = REPO_ROOT / "deploy" / "local" / "kafka-tool.sh"

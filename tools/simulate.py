@@ -79,6 +79,9 @@ class SimulatorSettings(IngestSettings):
     fleet's token; SIM_PLAINTEXT=true: ingest's own MQTT_URL and its plain HTTP_PORT."""
 
     service_name: str = "simulate"
+    # With SIM_PLAINTEXT=true only: the anonymous plaintext listener (ingest's own default is
+    # the TLS one, which takes accounts only); MQTT_URL still sets it.
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
     # None: ingest's address from its own HTTP_HOST and HTTPS_PORT (HTTP_PORT when plaintext).
     ingest_url: str | None = None
     # Development only: anonymous plaintext MQTT and HTTP without a token, as before TLS.

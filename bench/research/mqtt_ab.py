@@ -29,7 +29,7 @@ from bench.harness import mqtt
 from bench.harness.context import FULL, Bench
 from bench.harness.data import make_dataset
 from bench.harness.report import Results, Row
-from bench.infra import Names, Offsets, Proc, checkout_of, create_topics, free_port
+from bench.infra import MQTT_PLAIN_URL, Names, Offsets, Proc, checkout_of, create_topics, free_port
 from bench.steps.stages import env_for, measure
 
 
@@ -56,7 +56,12 @@ async def _ingest(
     await create_topics([topic])
     bench.topics.append(topic)
     env = env_for(bench, label, raw=out) | extra
-    env |= {"MQTT_CLIENT_ID": client_id, "MQTT_TOPIC": f"$share/ingest/{prefix}/sensors/+/readings"}
+    # A private topic prefix, which ingest's TLS account may not subscribe to: plaintext.
+    env |= {
+        "MQTT_CLIENT_ID": client_id,
+        "MQTT_TOPIC": f"$share/ingest/{prefix}/sensors/+/readings",
+        "MQTT_URL": MQTT_PLAIN_URL,
+    }
     bench.mqtt_sessions.append(client_id)
     first = Proc(f"{label}-subscribe", "services.ingest", env, bench.log_dir, port=free_port())
     if cwd is not None:

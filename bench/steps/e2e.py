@@ -26,6 +26,7 @@ from bench.harness.report import LatencyRow, Row
 from bench.harness.stats import lag_verdict, percentile
 from bench.infra import (
     KAFKA,
+    MQTT_PLAIN_URL,
     MachineLoad,
     Proc,
     connect_db,
@@ -312,6 +313,8 @@ async def start_chain(bench: Bench) -> Chain:
             "CONSUMER_GROUP": group,
             "MQTT_CLIENT_ID": client_id,
             "MQTT_TOPIC": f"$share/ingest/{prefix}/sensors/+/readings",
+            # A private topic prefix, which ingest's TLS account may not subscribe to.
+            "MQTT_URL": MQTT_PLAIN_URL,
             "LOG_LEVEL": "INFO",
         }
         procs[stage] = Proc(f"e2e-{stage}", f"services.{stage}", env, bench.log_dir, free_port())

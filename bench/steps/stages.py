@@ -17,6 +17,7 @@ from bench.harness.report import Row
 from bench.harness.stats import steady_throughput
 from bench.infra import (
     KAFKA,
+    MQTT_PLAIN_URL,
     MachineLoad,
     Proc,
     connect_db,
@@ -257,6 +258,8 @@ async def ingest_mqtt(bench: Bench) -> None:
     env = env_for(bench, "ingest-mqtt", raw="out-ingest-mqtt") | {
         "MQTT_CLIENT_ID": client_id,
         "MQTT_TOPIC": f"$share/ingest/{prefix}/sensors/+/readings",
+        # A private topic prefix, which ingest's TLS account may not subscribe to.
+        "MQTT_URL": MQTT_PLAIN_URL,
     }
     bench.mqtt_sessions.append(client_id)
     # Once to subscribe (the broker keeps the session), then away while the queue fills.

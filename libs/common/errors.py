@@ -84,6 +84,11 @@ class DeviceNotAllowed(RecordError):
     of another device."""
 
 
+class DeviceMismatch(RecordError):
+    """An MQTT reading whose device_id is not the device of the topic it was published to
+    (`sensors/<device_id>/readings`): the broker's ACL vouches for the topic, not the payload."""
+
+
 class MalformedValidatedRecord(RecordError):
     """enrich got a record that is not a validated reading: a bug or a foreign producer."""
 

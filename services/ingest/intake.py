@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from libs.common.errors import (
+    DeviceMismatch,
     DeviceNotAllowed,
     MissingDeviceId,
     NotAnObject,
@@ -82,12 +83,20 @@ def check_object(data: Any, allowed_device: str | None = None) -> str:
 
 
 def check_message(
-    payload: bytes, max_record_bytes: int = MAX_RECORD_BYTES, allowed_device: str | None = None
+    payload: bytes,
+    max_record_bytes: int = MAX_RECORD_BYTES,
+    allowed_device: str | None = None,
+    topic_device: str | None = None,
 ) -> Outgoing:
     """One record (an MQTT message, an NDJSON line): a Kafka record keyed by device_id (bytes
-    passed on unchanged)."""
+    passed on unchanged). With `topic_device` (the device of the MQTT topic it came on), a
+    reading of any other device is a DeviceMismatch."""
     check_size(payload, max_record_bytes)
     device_id = check_object(parse_json(payload), allowed_device)
+    if topic_device is not None and device_id != topic_device:
+        raise DeviceMismatch(
+            f"reading of device {device_id!r} published to the topic of device {topic_device!r}"
+        )
     return Outgoing(payload, device_id.encode())
 
 

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import structlog
 
 from libs.common import metrics
-from libs.common.errors import MqttUnavailable, RecordError
+from libs.common.errors import ConfigurationError, MqttUnavailable, RecordError
 from libs.common.health import Readiness
 from libs.common.kafka import Outgoing
 from libs.common.lifecycle import sleep_or_stop
 from libs.common.models import Source, Stage
 from libs.common.retry import until_stopped
+from libs.common.tls import client_context
 from services.ingest.handover import Handover
 from services.ingest.intake import Rejected, check_message, device_of_topic
 from services.ingest.mqtt_client import Delivery, MqttSession
@@ -36,6 +39,21 @@ RECONNECT_MIN_S = 0.1
 HANDOVER_RETRY_MIN_S = 0.2
 
 
+@dataclass(frozen=True, slots=True)
+class MqttLogin:
+    """How ingest connects to the broker: the TLS context (None: plaintext) and the account."""
+
+    tls: ssl.SSLContext | None
+    credentials: tuple[str, str] | None
+
+
+def mqtt_login(settings: IngestSettings) -> MqttLogin:
+    """The TLS context and account of MQTT_URL; ConfigurationError when the CA or the password
+    file is missing (read once, before connecting, so the service stops at start-up)."""
+    tls = client_context(settings.tls_ca_file) if settings.mqtt_tls else None
+    return MqttLogin(tls, settings.mqtt_credentials())
+
+
 class MqttIngest:
     def __init__(
         self,
@@ -44,28 +62,40 @@ class MqttIngest:
         readiness: Readiness,
         *,
         batch_max_wait_ms: int = 5,
+        login: MqttLogin | None = None,
     ) -> None:
         self.settings = settings
         self.handover = handover
         self.readiness = readiness
         self.max_records = settings.mqtt_max_records
         self.batch_max_wait_ms = batch_max_wait_ms
+        self._login = login
 
-    def _session(self) -> MqttSession:
+    def _session(self, login: MqttLogin) -> MqttSession:
         url = urlsplit(self.settings.mqtt_url)
         return MqttSession(
             url.hostname or "127.0.0.1",
-            url.port or 1883,
+            url.port or (8883 if login.tls is not None else 1883),
             self.settings.mqtt_client_id,
             receive_maximum=self.settings.mqtt_receive_maximum,
             session_expiry_s=SESSION_EXPIRY_S,
+            tls=login.tls,
+            credentials=login.credentials,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Stay subscribed until `stop`, reconnecting with backoff when the broker goes away."""
+        """Stay subscribed until `stop`, reconnecting with backoff when the broker goes away;
+        a refused login or certificate (ConfigurationError) stops it."""
+        login = self._login or mqtt_login(self.settings)
+        if login.tls is None:
+            log.warning(
+                "plaintext MQTT (development only)",
+                url=self.settings.mqtt_url,
+                login=login.credentials is not None,
+            )
         while not stop.is_set():
             session = await until_stopped(
-                self._open,
+                lambda: self._open(login),
                 stop,
                 name="mqtt_connect",
                 initial_s=RECONNECT_MIN_S,
@@ -87,12 +117,13 @@ class MqttIngest:
                 await sleep_or_stop(stop, RECONNECT_MIN_S)
         self.readiness.set("mqtt", False)
 
-    async def _open(self) -> MqttSession:
-        """A subscribed session; raises MqttUnavailable (not ready meanwhile)."""
-        session = self._session()
+    async def _open(self, login: MqttLogin) -> MqttSession:
+        """A subscribed session; raises MqttUnavailable (not ready meanwhile), or
+        ConfigurationError when the broker refuses our login or certificate."""
+        session = self._session(login)
         try:
             await session.open(self.settings.mqtt_topic)
-        except MqttUnavailable:
+        except (MqttUnavailable, ConfigurationError):
             await session.close()
             self.readiness.set("mqtt", False)
             raise
@@ -147,11 +178,12 @@ class MqttIngest:
         limit = self.settings.max_record_bytes
         for index, message in enumerate(batch):
             payload = message.payload
+            # The topic names the device (the broker lets a device publish only to its own),
+            # even when the payload cannot say; a payload naming another is a DeviceMismatch.
+            device_id = device_of_topic(message.topic)
             try:
-                accepted.append(check_message(payload, limit))
+                accepted.append(check_message(payload, limit, topic_device=device_id))
             except RecordError as error:
-                # The topic names the device even when the payload cannot say.
-                device_id = device_of_topic(message.topic)
                 rejected.append(Rejected.of(index, payload, error, limit, device_id))
         metrics.MESSAGES_IN.labels(_STAGE).inc(len(batch))
         if not await self._until_handed_over(accepted, rejected, stop):

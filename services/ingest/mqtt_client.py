@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -35,11 +36,16 @@ import gmqtt
 import structlog
 from gmqtt.mqtt.constants import MQTTCommands, MQTTv50
 
-from libs.common.errors import MqttUnavailable, PrivateHookMissing
+from libs.common.errors import ConfigurationError, MqttUnavailable, PrivateHookMissing
 
 log = structlog.get_logger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
+# CONNACK reason codes of a refused login (MQTT v5: Bad User Name or Password, Not
+# authorized; v3.1.1: 4 and 5): permanent, another try with the same credentials fails alike.
+LOGIN_REFUSED = frozenset({0x86, 0x87, 4, 5})
+# A SUBACK's "not authorized": the account may not read that topic filter, on every try.
+NOT_AUTHORIZED = 0x87
 
 
 @dataclass(slots=True)
@@ -101,9 +107,12 @@ class MqttSession:
         *,
         receive_maximum: int,
         session_expiry_s: int,
+        tls: ssl.SSLContext | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self._tls = tls
         self.lost = asyncio.Event()
         self._pending: deque[Delivery] = deque()
         self._high_water = receive_maximum
@@ -122,6 +131,8 @@ class MqttSession:
             receive_maximum=receive_maximum,
         )
         check_client_hooks(self._client)
+        if credentials is not None:
+            self._client.set_auth_credentials(*credentials)
         self._client.on_message = self._on_message
         # Instead of gmqtt's own QoS 1 handling (which acknowledges when on_message is done).
         self._client._package_handler._handle_qos_1_publish_packet = self._on_qos1  # noqa: SLF001
@@ -175,20 +186,45 @@ class MqttSession:
             future.set_result(list(qos))
 
     async def open(self, topic: str) -> None:
-        """Connect (clean start off) and subscribe with QoS 1; raises MqttUnavailable."""
+        """Connect (clean start off) and subscribe with QoS 1; raises MqttUnavailable while
+        the broker is away, ConfigurationError when it refuses our login or its certificate
+        does not verify (permanent: retrying cannot help)."""
         try:
             await asyncio.wait_for(
-                self._client.connect(self.host, self.port, version=MQTTv50), CONNECT_TIMEOUT_S
+                self._client.connect(self.host, self.port, ssl=self._tls or False, version=MQTTv50),
+                CONNECT_TIMEOUT_S,
             )
             future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
             mid = self._client.subscribe(topic, qos=1)
             self._subacks[mid] = future
             granted = await asyncio.wait_for(future, CONNECT_TIMEOUT_S)
-        except (OSError, TimeoutError, gmqtt.MQTTConnectError) as error:
+        except ssl.SSLCertVerificationError as error:
+            self.lost.set()
+            raise ConfigurationError(
+                f"MQTT broker {self.host}:{self.port}: its TLS certificate does not verify "
+                f"against TLS_CA_FILE ({error.verify_message}): check TLS_CA_FILE and MQTT_URL"
+            ) from error
+        except gmqtt.MQTTConnectError as error:
+            self.lost.set()
+            # gmqtt keeps the CONNACK's reason code only in a private attribute.
+            code = getattr(error, "_code", None)
+            if code in LOGIN_REFUSED:
+                raise ConfigurationError(
+                    f"MQTT broker {self.host}:{self.port} refused the login ({error}): check "
+                    "MQTT_USERNAME and MQTT_PASSWORD (or MQTT_PASSWORD_FILE)"
+                ) from error
+            raise MqttUnavailable(f"{self.host}:{self.port}: {error!r}") from error
+        except (OSError, TimeoutError) as error:
             self.lost.set()
             raise MqttUnavailable(f"{self.host}:{self.port}: {error!r}") from error
         # Not an outage: a library without the parts flow control needs stops the service.
         check_connection_hooks(self._client._connection)  # noqa: SLF001
+        if granted and granted[0] == NOT_AUTHORIZED:
+            self.lost.set()
+            raise ConfigurationError(
+                f"MQTT broker {self.host}:{self.port} does not let MQTT_USERNAME subscribe to "
+                f"{topic} (not authorized): check MQTT_TOPIC and the account's role"
+            )
         if not granted or granted[0] >= 0x80:
             self.lost.set()
             raise MqttUnavailable(f"subscription to {topic} refused: {granted}")

@@ -15,7 +15,7 @@ from libs.common.service import background, kafka_producer, watch_kafka
 from libs.common.tls import client_context, server_context
 from services.ingest.handover import Handover
 from services.ingest.http_api import SCOPE, ingest_app, readings_app
-from services.ingest.mqtt import MqttIngest
+from services.ingest.mqtt import MqttIngest, mqtt_login
 from services.ingest.settings import IngestSettings
 
 log = structlog.get_logger(__name__)
@@ -78,6 +78,8 @@ async def run(settings: IngestSettings, stop: asyncio.Event) -> None:
     # Read before connecting to anything: a missing certificate stops the service at once.
     tls = server_context(*settings.tls_files()) if settings.https_enabled else None
     verifier = token_verifier(settings) if settings.https_enabled else None
+    # Likewise the broker's CA and ingest's MQTT password.
+    login = mqtt_login(settings) if settings.mqtt_enabled else None
     async with kafka_producer(settings) as producers:
         readiness.set("kafka", True)
         handover = Handover(producers, settings, stop, readiness)
@@ -88,7 +90,7 @@ async def run(settings: IngestSettings, stop: asyncio.Event) -> None:
 
             async with background(watch_kafka(metadata, readiness)):
                 if settings.mqtt_enabled:
-                    await MqttIngest(settings, handover, readiness).run(stop)
+                    await MqttIngest(settings, handover, readiness, login=login).run(stop)
                 else:
                     await stop.wait()
         # Leaving the servers stops taking HTTP requests (in-flight ones finish); leaving the

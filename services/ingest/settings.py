@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from libs.common.auth import jwks_url_of
+from libs.common.errors import ConfigurationError
 from libs.common.settings import PipelineSettings
-from libs.common.tls import local_server_files
+from libs.common.tls import REPO_ROOT, local_server_files
 from services.ingest.intake import MAX_RECORD_BYTES
 
 # Settings renamed to the runner's names after 0.1.0: one still set in a deployment stops the
@@ -19,6 +20,11 @@ RENAMED = {
     "MQTT_BATCH_MAX": "MQTT_MAX_RECORDS",
     "MQTT_HANDOVERS_IN_FLIGHT": "MQTT_MAX_CONCURRENCY",
 }
+
+
+def local_mqtt_password_file() -> Path:
+    """ingest's broker password that `make up` generates (deploy/local/common.sh)."""
+    return REPO_ROOT / ".stack" / "secrets" / "mqtt-ingest.password"
 
 
 class IngestSettings(PipelineSettings):
@@ -47,7 +53,15 @@ class IngestSettings(PipelineSettings):
     # A token signed with a key the cache does not know refetches the keys (a rotation), at
     # most this often: forged key ids cannot make ingest fetch on every request.
     idp_jwks_refetch_s: float = Field(default=10.0, gt=0)
-    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    # mqtts:// (TLS, checked against TLS_CA_FILE, logged in with MQTT_USERNAME): Mosquitto's
+    # listener with accounts. A plain mqtt:// URL works for development (a warning at
+    # start-up): no TLS, and no password sent unless MQTT_PASSWORD is set.
+    mqtt_url: str = "mqtts://127.0.0.1:8883"
+    # ingest's account on the broker (it alone may subscribe to MQTT_TOPIC).
+    mqtt_username: str = "ingest"
+    # None: the local stack's generated <repo>/.stack/secrets/mqtt-ingest.password (make up),
+    # resolved at run time so that no machine path is a committed default.
+    mqtt_password: SecretStr | None = None
     # A shared subscription: replicas of ingest split the messages between them.
     mqtt_topic: str = "$share/ingest/sensors/+/readings"
     # Fixed per replica so the broker keeps its session (and queued QoS 1 messages) across
@@ -80,12 +94,36 @@ class IngestSettings(PipelineSettings):
     @classmethod
     def _mqtt_url(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme == "mqtts":
-            # The client does not do TLS yet: accepting mqtts:// would connect in plaintext.
-            raise ValueError("mqtt_url: mqtts:// (TLS) is not supported yet; use mqtt://host:port")
-        if parts.scheme != "mqtt" or not parts.hostname:
-            raise ValueError("mqtt_url must look like mqtt://host:port")
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("mqtt_url must look like mqtts://host:port (or mqtt://host:port)")
         return value
+
+    @property
+    def mqtt_tls(self) -> bool:
+        return urlsplit(self.mqtt_url).scheme == "mqtts"
+
+    def mqtt_credentials(self) -> tuple[str, str] | None:
+        """The broker login: MQTT_USERNAME and MQTT_PASSWORD, else over TLS the local stack's
+        generated password; None over plaintext without MQTT_PASSWORD (never a password sent
+        in clear by default). ConfigurationError when the stack's file is missing."""
+        if self.mqtt_password is not None:
+            return self.mqtt_username, self.mqtt_password.get_secret_value()
+        if not self.mqtt_tls:
+            return None
+        path = local_mqtt_password_file()
+        try:
+            password = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"MQTT password file {path} cannot be read ({exc.strerror}): set MQTT_PASSWORD "
+                "or MQTT_PASSWORD_FILE, or run `make up` to create the local stack's accounts"
+            ) from exc
+        if not password:
+            raise ConfigurationError(
+                f"MQTT password file {path} is empty: set MQTT_PASSWORD or MQTT_PASSWORD_FILE, "
+                "or run `make up` to create the local stack's accounts"
+            )
+        return self.mqtt_username, password
 
     def tls_files(self) -> tuple[Path, Path]:
         """The HTTPS certificate and key: the ones set, else the local stack's."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,9 @@ from libs.common.kafka import ensure_topics
 from tools.names import Names
 from tools.processes import REPO_ROOT as REPO_ROOT  # re-exported: tests find files by it
 from tools.processes import ProcessError, ServiceProcess, free_port
+
+# Mosquitto's anonymous plaintext listener, where the tests' devices publish (as stack.sh's).
+MQTT_PORT = int(os.environ.get("MQTT_PORT", "1883"))
 
 
 class Service:
@@ -77,22 +81,38 @@ class Chain:
     """The four stages as processes on one test's topics and schema; each can be killed,
     stopped and started again on the same port (so its Kafka transactional id is the same)."""
 
-    def __init__(self, suffix: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, suffix: str, env: dict[str, str], log_dir: Path, *, shared_topic: bool = False
+    ) -> None:
         self.suffix = suffix
         self.log_dir = log_dir
-        self.env = env | {
-            "MQTT_TOPIC": f"$share/ingest/t-{suffix}/sensors/+/readings",
-            "MQTT_CLIENT_ID": f"ingest-{suffix}",
-            "CONSUMER_POLL_TIMEOUT_MS": "100",
-            "REGISTRY_REFRESH_S": "1",
-        }
+        # Devices' topics of this chain alone (t-<suffix>/sensors/<id>/readings), so that tests
+        # running beside each other on one broker do not take each other's readings. ingest's
+        # broker account may subscribe only to the real $share/ingest/sensors/+/readings, so
+        # such a chain's ingest listens on the plaintext listener (MQTT_PORT, development
+        # mode); a chain with `shared_topic` (a private stack) uses the real topic and
+        # whatever MQTT_URL `env` gives (by default TLS with the stack's account).
+        self.topic_prefix = "" if shared_topic else f"t-{suffix}/"
+        plain = {} if shared_topic else {"MQTT_URL": f"mqtt://127.0.0.1:{MQTT_PORT}"}
+        private_topic = f"$share/ingest/t-{suffix}/sensors/+/readings"
+        topic = {} if shared_topic else {"MQTT_TOPIC": private_topic}
+        self.env = (
+            plain
+            | env
+            | topic
+            | {
+                "MQTT_CLIENT_ID": f"ingest-{suffix}",
+                "CONSUMER_POLL_TIMEOUT_MS": "100",
+                "REGISTRY_REFRESH_S": "1",
+            }
+        )
         self.services: dict[str, Service] = {}
         self._ports: dict[str, int] = {}
         self._stages: dict[str, str] = {}
         self._starts: dict[str, int] = {}
 
     def mqtt_topic(self, device_id: str) -> str:
-        return f"t-{self.suffix}/sensors/{device_id}/readings"
+        return f"{self.topic_prefix}sensors/{device_id}/readings"
 
     def start(self, name: str, stage: str | None = None, **env: str) -> Service:
         stage = stage or self._stages.get(name, name)

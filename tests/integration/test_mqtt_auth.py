@@ -32,6 +32,12 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from libs.common.errors import ConfigurationError, MqttUnavailable
+from libs.common.health import Readiness
+from libs.common.tls import client_context
+from services.ingest.mqtt import MqttIngest, MqttLogin
+from services.ingest.mqtt_client import Delivery, MqttSession
+from services.ingest.settings import IngestSettings
 from tools.mqtt_accounts import (
     DeviceCredentials,
     MqttAccountsSettings,
@@ -422,3 +428,101 @@ def test_the_plaintext_listener_cannot_drive_the_accounts(broker: Broker) -> Non
     finally:
         peer.close()
     assert name not in (broker.stack_dir / "mosquitto" / "dynamic-security.json").read_text()
+
+
+# --- ingest's own client (services/ingest/mqtt_client.py) on the TLS listener -----------------
+
+INGEST_TOPIC = "$share/ingest/sensors/+/readings"
+
+
+def ingest_session(
+    broker: Broker, password: str, ca_file: Path | None = None, port: int | None = None
+) -> MqttSession:
+    return MqttSession(
+        HOST,
+        port or broker.tls_port,
+        f"test-ingest-{uuid.uuid4().hex[:8]}",
+        receive_maximum=10,
+        session_expiry_s=0,
+        tls=client_context(ca_file or broker.ca_file),
+        credentials=("ingest", password),
+    )
+
+
+def test_ingest_subscribes_over_tls_with_its_account_and_gets_a_devices_reading(
+    broker: Broker,
+) -> None:
+    device = register(broker, device_id())
+
+    async def scenario() -> list[Delivery]:
+        session = ingest_session(broker, broker.ingest_password())
+        try:
+            await session.open(INGEST_TOPIC)
+            peer = connected(broker, device.username, device.password)
+            try:
+                assert peer.publish(f"sensors/{device.device_id}/readings", b"over tls") < 0x80
+            finally:
+                peer.close()
+            async with asyncio.timeout(WAIT_S):
+                return await session.take(10, 0)
+        finally:
+            await session.close()
+
+    [delivery] = asyncio.run(scenario())
+    assert (delivery.topic, delivery.payload) == (
+        f"sensors/{device.device_id}/readings",
+        b"over tls",
+    )
+
+
+def test_ingest_with_a_wrong_password_stops_with_a_configuration_error(broker: Broker) -> None:
+    url = f"mqtts://{HOST}:{broker.tls_port}"
+    settings = IngestSettings(mqtt_url=url, mqtt_reconnect_max_s=0.05)
+    login = MqttLogin(client_context(broker.ca_file), ("ingest", "not-the-password"))
+    # No hand-over: nothing is delivered before the login.
+    no_handover: Any = None
+    ingest = MqttIngest(settings, no_handover, Readiness("ingest", "mqtt"), login=login)
+
+    async def scenario() -> None:
+        async with asyncio.timeout(WAIT_S):  # not retried: raised at the first refusal
+            await ingest.run(asyncio.Event())
+
+    with pytest.raises(ConfigurationError, match="refused the login .*MQTT_PASSWORD"):
+        asyncio.run(scenario())
+
+
+def test_ingest_subscribing_outside_its_accounts_role_stops_with_a_configuration_error(
+    broker: Broker,
+) -> None:
+    session = ingest_session(broker, broker.ingest_password())
+
+    async def scenario() -> None:
+        try:
+            await session.open("$share/ingest/t-private/sensors/+/readings")
+        finally:
+            await session.close()
+
+    with pytest.raises(ConfigurationError, match="not authorized.*MQTT_TOPIC"):
+        asyncio.run(scenario())
+
+
+def test_ingest_trusting_another_ca_stops_with_a_configuration_error(
+    broker: Broker, tmp_path: Path
+) -> None:
+    other_ca = tmp_path / "other-ca.crt"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-subj", "/CN=another CA", "-keyout", str(tmp_path / "k"), "-out", str(other_ca)],
+        check=True,
+        capture_output=True,
+    )
+    session = ingest_session(broker, broker.ingest_password(), ca_file=other_ca)
+    with pytest.raises(ConfigurationError, match="does not verify against TLS_CA_FILE"):
+        asyncio.run(session.open(INGEST_TOPIC))
+
+
+def test_ingest_finding_no_tls_listener_is_a_transient_outage(broker: Broker) -> None:
+    [port] = free_ports(1)
+    session = ingest_session(broker, broker.ingest_password(), port=port)
+    with pytest.raises(MqttUnavailable):
+        asyncio.run(session.open(INGEST_TOPIC))

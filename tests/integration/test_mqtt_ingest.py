@@ -16,7 +16,7 @@ from libs.common.health import Readiness
 from libs.common.service import kafka_producer
 from services.ingest import mqtt
 from services.ingest.handover import Handover
-from services.ingest.mqtt import MqttIngest
+from services.ingest.mqtt import MqttIngest, MqttLogin
 from services.ingest.settings import IngestSettings
 from tests.conftest import MQTT_HOST, MQTT_PORT, Names
 from tests.integration.kafka_helpers import read_topic, settle_and_read
@@ -82,6 +82,35 @@ async def test_a_bad_mqtt_message_reaches_the_dlq_with_the_device_of_its_topic(
     assert len(await settle_and_read(topics.dlq)) == 2
 
 
+async def test_a_reading_of_another_device_than_its_topics_reaches_the_dlq_as_device_mismatch(
+    topics: Names,
+) -> None:
+    device = f"dev-{topics.run_id}"
+    topic = f"sensors/{device}/readings"
+    settings = topics.settings_of(
+        IngestSettings,
+        mqtt_url=f"mqtt://{MQTT_HOST}:{MQTT_PORT}",
+        mqtt_topic=topic,
+        mqtt_client_id=f"test-ingest-mismatch-{topics.run_id}",
+    )
+    own = orjson.dumps({"device_id": device, "timestamp": 1, "temperature": 20.0})
+    other = orjson.dumps({"device_id": f"other-{topics.run_id}", "timestamp": 1})
+    stop = asyncio.Event()
+    async with running(settings, stop) as readiness:
+        await wait_until(lambda: readiness.snapshot()["mqtt"])
+        async with aiomqtt.Client(
+            MQTT_HOST, MQTT_PORT, protocol=aiomqtt.ProtocolVersion.V5
+        ) as client:
+            for payload in (other, own):
+                await client.publish(topic, payload, qos=1)
+        [letter] = [orjson.loads(r.value) for r in await read_topic(topics.dlq, 1)]
+        raw = await read_topic(topics.raw, 1)
+    assert (letter["error_type"], letter["device_id"]) == ("DeviceMismatch", device)
+    assert f"other-{topics.run_id}" in letter["error_message"]
+    assert [r.value for r in raw] == [own]
+    assert len(await settle_and_read(topics.dlq)) == 1
+
+
 async def test_an_unreachable_broker_is_retried_until_stopped_and_never_ready(
     topics: Names,
 ) -> None:
@@ -95,9 +124,9 @@ async def test_an_unreachable_broker_is_retried_until_stopped_and_never_ready(
     attempts: list[int] = []
     real_open = MqttIngest._open
 
-    async def counted_open(self: MqttIngest) -> object:
+    async def counted_open(self: MqttIngest, login: MqttLogin) -> object:
         attempts.append(1)
-        return await real_open(self)
+        return await real_open(self, login)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(MqttIngest, "_open", counted_open)

@@ -226,7 +226,8 @@ def test_compose_publishes_each_stage_on_its_default_http_port(name: str) -> Non
 
 def test_compose_publishes_the_infrastructure_where_the_default_settings_look() -> None:
     kafka_host, kafka_port = host_port(default(PipelineSettings, "kafka_bootstrap_servers"))
-    mqtt = urlsplit(default(IngestSettings, "mqtt_url"))
+    # Where devices publish (the simulator's default): compose's broker has no TLS listener.
+    mqtt = urlsplit(default(SimulatorSettings, "mqtt_url"))
     database = urlsplit(DEFAULT_DATABASE_URL)
     defaults = {
         "kafka": (kafka_host, kafka_port),
@@ -534,7 +535,7 @@ def mosquitto_listener_port() -> int:
 
 def test_mosquitto_conf_listens_where_ingest_connects_and_keeps_sessions() -> None:
     options = mosquitto_options()
-    default_mqtt = urlsplit(default(IngestSettings, "mqtt_url"))
+    default_mqtt = urlsplit(default(SimulatorSettings, "mqtt_url"))
     assert mosquitto_listener_port() == default_mqtt.port == ARCHITECTURE_PORTS["mosquitto"]
     assert options["allow_anonymous"] == "true"
     assert options["persistence"] == "true"
@@ -546,6 +547,9 @@ def test_mosquitto_tls_listener_refuses_anonymous_clients_and_takes_accounts_fro
 ):
     lines = config_lines(MOSQUITTO_TLS_CONF.read_text())
     assert lines[0] == "listener 8883"
+    # ingest's default: this listener, over TLS (its host is the local stack's, rendered in).
+    default_mqtt = urlsplit(default(IngestSettings, "mqtt_url"))
+    assert (default_mqtt.scheme, default_mqtt.port) == ("mqtts", 8883)
     assert {"tls_version tlsv1.2", "allow_anonymous false"} <= set(lines)
     assert [line for line in lines if line.startswith("plugin ")] == [
         "plugin /usr/lib/mosquitto_dynamic_security.so"

@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import cast
 
 import httpx
@@ -15,10 +16,12 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from libs.common.errors import ConfigurationError
 from libs.common.health import Readiness, health_app, serve_http
 from libs.common.kafka import Outgoing
 from libs.common.metrics import sample_sum
 from libs.common.models import Source
+from services.ingest import settings as ingest_settings
 from services.ingest.handover import Handover
 from services.ingest.http_api import ErrorAnswer, ReadingsAnswer, ingest_app
 from services.ingest.intake import Rejected
@@ -191,7 +194,50 @@ def test_a_renamed_setting_stops_the_service_with_its_new_name(
     assert IngestSettings().mqtt_max_records == 100
 
 
-def test_mqtts_is_refused_until_the_client_speaks_tls() -> None:
-    with pytest.raises(pydantic.ValidationError, match="mqtts:// .TLS. is not supported yet"):
-        IngestSettings(mqtt_url="mqtts://broker.example:8883")
-    assert IngestSettings(mqtt_url="mqtt://broker.example:1883").mqtt_url.startswith("mqtt://")
+def test_mqtts_is_the_default_with_ingests_account_and_plain_mqtt_stays_possible() -> None:
+    settings = IngestSettings()
+    assert (settings.mqtt_url, settings.mqtt_username) == ("mqtts://127.0.0.1:8883", "ingest")
+    assert settings.mqtt_tls and settings.mqtt_password is None
+    assert not IngestSettings(mqtt_url="mqtt://broker.example:1883").mqtt_tls
+
+
+def test_an_mqtt_password_set_is_the_login_over_tls_and_plaintext() -> None:
+    for url in ("mqtts://broker.example:8883", "mqtt://broker.example:1883"):
+        settings = IngestSettings(mqtt_url=url, mqtt_username="me", mqtt_password="pw")
+        assert settings.mqtt_credentials() == ("me", "pw")
+
+
+def test_plaintext_mqtt_without_a_password_sends_none() -> None:
+    # Never the local stack's password in clear by default.
+    assert IngestSettings(mqtt_url="mqtt://broker.example:1883").mqtt_credentials() is None
+
+
+def test_over_tls_the_default_password_is_the_local_stacks_generated_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    password_file = tmp_path / ".stack" / "secrets" / "mqtt-ingest.password"
+    monkeypatch.setattr(ingest_settings, "REPO_ROOT", tmp_path)
+    with pytest.raises(ConfigurationError, match="MQTT_PASSWORD or MQTT_PASSWORD_FILE.*make up"):
+        IngestSettings().mqtt_credentials()
+    password_file.parent.mkdir(parents=True)
+    password_file.write_text("")
+    with pytest.raises(ConfigurationError, match="is empty"):
+        IngestSettings().mqtt_credentials()
+    password_file.write_text("generated\n")
+    assert IngestSettings().mqtt_credentials() == ("ingest", "generated")
+    # The path is resolved at run time from the checkout, never a default of the settings.
+    assert ingest_settings.local_mqtt_password_file() == password_file
+
+
+def test_the_mqtt_password_file_setting_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\n")
+    monkeypatch.setenv("MQTT_PASSWORD_FILE", str(secret))
+    assert IngestSettings().mqtt_credentials() == ("ingest", "from-file")
+
+
+def test_an_mqtt_url_of_another_scheme_is_refused() -> None:
+    with pytest.raises(pydantic.ValidationError, match="mqtts://host:port"):
+        IngestSettings(mqtt_url="tcp://broker.example:1883")

@@ -5,7 +5,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from libs.common.errors import MissingDeviceId, NotAnObject, NotJson, PayloadTooLarge
+from libs.common.errors import (
+    DeviceMismatch,
+    MissingDeviceId,
+    NotAnObject,
+    NotJson,
+    PayloadTooLarge,
+)
 from services.ingest.intake import check_message, device_of_topic, split_body
 
 
@@ -14,6 +20,13 @@ def test_an_mqtt_message_is_passed_on_unchanged_keyed_by_device() -> None:
     record = check_message(payload)
     assert record.value == payload
     assert record.key == b"dev-1"
+
+
+def test_an_mqtt_reading_of_another_device_than_its_topics_is_a_device_mismatch() -> None:
+    payload = b'{"device_id": "dev-2", "timestamp": 1}'
+    with pytest.raises(DeviceMismatch, match="'dev-2' published to the topic of device 'dev-1'"):
+        check_message(payload, topic_device="dev-1")
+    assert check_message(payload, topic_device="dev-2").key == b"dev-2"
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,11 @@ tried again for as long as it takes, counted as a hand-over retry, until the ser
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Sequence
 
 import pytest
+import structlog.testing
 
 from libs.common import metrics
 from libs.common.errors import BrokerUnavailable, PayloadTooLarge
@@ -15,7 +17,7 @@ from libs.common.kafka import Outgoing
 from libs.common.models import Source
 from services.ingest.handover import Handover
 from services.ingest.intake import Rejected
-from services.ingest.mqtt import MqttIngest
+from services.ingest.mqtt import MqttIngest, MqttLogin
 from services.ingest.settings import IngestSettings
 
 
@@ -71,3 +73,17 @@ async def test_a_permanent_hand_over_error_is_raised_not_retried() -> None:
     with pytest.raises(PayloadTooLarge):
         await ingest(handover)._until_handed_over([], [], asyncio.Event())
     assert handover.calls == 1
+
+
+async def test_plaintext_mqtt_is_warned_about_at_start_up_and_tls_is_not() -> None:
+    for url, warned in (("mqtt://127.0.0.1:1883", True), ("mqtts://127.0.0.1:8883", False)):
+        settings = IngestSettings(mqtt_url=url)
+        tls = ssl.create_default_context() if settings.mqtt_tls else None
+        login = MqttLogin(tls, None)
+        fake: Handover = FlakyHandover(0)  # type: ignore[assignment]
+        stopped = asyncio.Event()
+        stopped.set()  # stop at once: only what run() says before connecting
+        with structlog.testing.capture_logs() as logs:
+            await MqttIngest(settings, fake, Readiness("ingest", "mqtt"), login=login).run(stopped)
+        events = [entry["event"] for entry in logs if entry["log_level"] == "warning"]
+        assert ("plaintext MQTT (development only)" in events) is warned, url
