@@ -19,6 +19,7 @@ import pytest
 from pydantic import SecretStr
 
 from libs.common.kafka import ensure_topics
+from tests.conftest import MQTT_HOST, MQTT_PORT
 from tests.e2e.processes import Service, start
 from tests.integration.kafka_helpers import settle_and_read
 from tools import simulate as sim
@@ -54,8 +55,11 @@ def prefix(names: Names) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def ingest(names: Names, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """ingest as a process on the module's topics and its own free HTTP and HTTPS ports; its
-    MQTT subscription is a share group of its own (not the other ingests' `ingest` group)."""
+    MQTT subscription is a share group of its own (not the other ingests' `ingest` group), on
+    the plaintext listener, because ingest's account may take only `$share/ingest/...`; the
+    devices publish over TLS with their accounts into the same topic space."""
     env = names.env() | {
+        "MQTT_URL": f"mqtt://{MQTT_HOST}:{MQTT_PORT}",
         "MQTT_TOPIC": f"$share/t-{names.run_id}/sensors/+/readings",
         "MQTT_CLIENT_ID": f"ingest-{names.run_id}",
     }
