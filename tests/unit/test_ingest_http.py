@@ -194,11 +194,11 @@ def test_a_renamed_setting_stops_the_service_with_its_new_name(
     assert IngestSettings().mqtt_max_records == 100
 
 
-def test_mqtts_is_the_default_with_ingests_account_and_plain_mqtt_stays_possible() -> None:
-    settings = IngestSettings()
+def test_mqtts_takes_ingests_account_and_plain_mqtt_stays_the_default_for_now() -> None:
+    settings = IngestSettings(mqtt_url="mqtts://127.0.0.1:8883")
     assert (settings.mqtt_url, settings.mqtt_username) == ("mqtts://127.0.0.1:8883", "ingest")
     assert settings.mqtt_tls and settings.mqtt_password is None
-    assert not IngestSettings(mqtt_url="mqtt://broker.example:1883").mqtt_tls
+    assert not IngestSettings().mqtt_tls
 
 
 def test_an_mqtt_password_set_is_the_login_over_tls_and_plaintext() -> None:
@@ -212,19 +212,22 @@ def test_plaintext_mqtt_without_a_password_sends_none() -> None:
     assert IngestSettings(mqtt_url="mqtt://broker.example:1883").mqtt_credentials() is None
 
 
+TLS_URL = "mqtts://127.0.0.1:8883"
+
+
 def test_over_tls_the_default_password_is_the_local_stacks_generated_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     password_file = tmp_path / ".stack" / "secrets" / "mqtt-ingest.password"
     monkeypatch.setattr(ingest_settings, "REPO_ROOT", tmp_path)
     with pytest.raises(ConfigurationError, match="MQTT_PASSWORD or MQTT_PASSWORD_FILE.*make up"):
-        IngestSettings().mqtt_credentials()
+        IngestSettings(mqtt_url=TLS_URL).mqtt_credentials()
     password_file.parent.mkdir(parents=True)
     password_file.write_text("")
     with pytest.raises(ConfigurationError, match="is empty"):
-        IngestSettings().mqtt_credentials()
+        IngestSettings(mqtt_url=TLS_URL).mqtt_credentials()
     password_file.write_text("generated\n")
-    assert IngestSettings().mqtt_credentials() == ("ingest", "generated")
+    assert IngestSettings(mqtt_url=TLS_URL).mqtt_credentials() == ("ingest", "generated")
     # The path is resolved at run time from the checkout, never a default of the settings.
     assert ingest_settings.local_mqtt_password_file() == password_file
 
