@@ -45,13 +45,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from libs.common.cli import argument_parser, settings_problems
 from libs.common.errors import ConfigurationError, PipelineError, TransientError
 from libs.common.settings import PipelineSettings
+from libs.common.stack import local_ca_file, local_secrets_dir, read_secret
 from tools.db_accounts import ROLES, dsn_for
 from tools.kafka_accounts import USERS, KafkaAccountsSettings, credentials_for
 from tools.mqtt_accounts import MqttAccountsSettings, register_device, revoke_device
 
 # The checkout's root (tools/credentials.py -> the repo), resolved at run time so that no
 # machine's path is a committed default.
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEVICE_CLAIM = "device_id"
 # A device's own client is named device-<id>; Keycloak client ids are kept to these characters.
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
@@ -81,13 +81,13 @@ class CredentialsSettings(BaseSettings):
     idp_ca_file: Path | None = None
 
     def secrets_dir(self) -> Path:
-        return self.idp_secrets_dir or REPO_ROOT / ".stack" / "secrets" / "keycloak"
+        return self.idp_secrets_dir or local_secrets_dir() / "keycloak"
 
     def tls_verify(self) -> ssl.SSLContext | bool:
         """For an https IDP_URL, a context that trusts only that CA (TLS 1.2 or newer)."""
         if not self.idp_url.startswith("https://"):
             return True
-        path = self.idp_ca_file or REPO_ROOT / ".stack" / "certs" / "ca.crt"
+        path = self.idp_ca_file or local_ca_file()
         try:
             context = ssl.create_default_context(cafile=str(path))
         except (OSError, ssl.SSLError) as exc:
@@ -122,14 +122,11 @@ class Client:
 
 def stack_secret(settings: CredentialsSettings, client_id: str) -> SecretStr:
     """A client's secret as `make up` generated it into the stack folder."""
-    path = settings.secrets_dir() / f"{client_id}.secret"
-    try:
-        return SecretStr(path.read_text().strip())
-    except OSError as exc:
-        raise ConfigurationError(
-            f"no secret for client {client_id} in {path} ({exc.strerror}): run `make up`, or set "
-            f"IDP_SECRETS_DIR to the stack's secrets/keycloak folder"
-        ) from exc
+    return read_secret(
+        settings.secrets_dir() / f"{client_id}.secret",
+        f"the secret of client {client_id}",
+        "run `make up`, or set IDP_SECRETS_DIR to the stack's secrets/keycloak folder",
+    )
 
 
 def fleet_client(settings: CredentialsSettings) -> Client:

@@ -12,7 +12,8 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from libs.common.errors import ConfigurationError
 from libs.common.settings import PipelineSettings
-from libs.common.tls import REPO_ROOT, ca_file
+from libs.common.stack import local_secrets_dir, read_secret
+from libs.common.tls import ca_file
 
 # What each role may do, for --help and the docs; the grants themselves are in 0003_roles.sql.
 ROLES: dict[str, str] = {
@@ -24,27 +25,13 @@ ROLES: dict[str, str] = {
 }
 
 
-def local_secrets_dir() -> Path:
-    """Where `make up` writes the local stack's generated passwords (deploy/local/stack.sh)."""
-    return REPO_ROOT / ".stack" / "secrets"
-
-
 def password_file(role: str, secrets_dir: Path | None = None) -> Path:
     return (secrets_dir or local_secrets_dir()) / f"postgres-{role}.password"
 
 
 def read_password(role: str, secrets_dir: Path | None = None) -> str:
     path = password_file(role, secrets_dir)
-    try:
-        password = path.read_text(encoding="utf-8").strip()
-    except OSError as error:
-        raise ConfigurationError(
-            f"cannot read the password of database role {role!r} from {path} ({error.strerror}):"
-            " run `make up` (it creates the login users), as the user who ran it"
-        ) from error
-    if not password:
-        raise ConfigurationError(f"{path} is empty: run `make up` to generate the password")
-    return password
+    return read_secret(path, f"the password of database role {role!r}").get_secret_value()
 
 
 def dsn_for(

@@ -18,7 +18,8 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs.common.errors import ConfigurationError
-from libs.common.tls import REPO_ROOT, client_context
+from libs.common.stack import local_stack_dir, read_secret
+from libs.common.tls import client_context
 
 MECHANISM = "SCRAM-SHA-512"
 PROTOCOL = "SASL_SSL"
@@ -39,7 +40,8 @@ class KafkaAccountsSettings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
     stack_dir: Path = Field(
-        REPO_ROOT / ".stack", description="The local stack's state folder (as stack.sh's)."
+        default_factory=local_stack_dir,
+        description="The local stack's state folder (as stack.sh's).",
     )
     kafka_sasl_host: str = "127.0.0.1"
     kafka_sasl_port: int = Field(9094, ge=1, le=65535, description="Kafka's SASL_SSL listener.")
@@ -92,17 +94,7 @@ def check_user(user: str) -> None:
 def read_password(settings: KafkaAccountsSettings, user: str) -> SecretStr:
     if settings.kafka_password is not None:
         return settings.kafka_password
-    path = settings.password_file(user)
-    try:
-        password = path.read_text(encoding="utf-8").strip()
-    except OSError as error:
-        raise ConfigurationError(
-            f"cannot read the password of Kafka user {user!r} from {path} ({error.strerror}):"
-            " run `make up` (it creates the SCRAM users), as the user who ran it"
-        ) from error
-    if not password:
-        raise ConfigurationError(f"{path} is empty: run `make up` to generate the password")
-    return SecretStr(password)
+    return read_secret(settings.password_file(user), f"the password of Kafka user {user!r}")
 
 
 def credentials_for(user: str, settings: KafkaAccountsSettings | None = None) -> KafkaCredentials:

@@ -31,9 +31,9 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs.common.errors import AccountError, MqttUnavailable
+from libs.common.stack import local_stack_dir, read_secret
 from libs.common.tls import client_context
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
 DEVICES_GROUP = "devices"
@@ -48,7 +48,8 @@ class MqttAccountsSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
     stack_dir: Path = Field(
-        REPO_ROOT / ".stack", description="The local stack's state folder (as stack.sh's)."
+        default_factory=local_stack_dir,
+        description="The local stack's state folder (as stack.sh's).",
     )
     mqtt_tls_host: str = "127.0.0.1"
     mqtt_tls_port: int = Field(8883, description="Mosquitto's TLS listener.")
@@ -77,12 +78,7 @@ class MqttAccountsSettings(BaseSettings):
         if self.mqtt_admin_password is not None:
             return self.mqtt_admin_password.get_secret_value()
         path = self.stack_dir / "secrets" / "mqtt-admin.password"
-        try:
-            return path.read_text().strip()
-        except OSError as exc:
-            raise AccountError(
-                f"no MQTT admin password ({path}: {exc.strerror}): run `make up` first"
-            ) from None
+        return read_secret(path, "the MQTT admin password").get_secret_value()
 
 
 @dataclass(frozen=True, slots=True)

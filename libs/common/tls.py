@@ -7,15 +7,7 @@ import ssl
 from pathlib import Path
 
 from libs.common.errors import ConfigurationError
-
-# The checkout's root: libs/common/tls.py -> the repo. Computed at run time, so that no
-# machine's path is ever written into a default or a generated file.
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def local_ca_file() -> Path:
-    """The CA that `make up` creates for the local stack (deploy/local/certs.sh)."""
-    return REPO_ROOT / ".stack" / "certs" / "ca.crt"
+from libs.common.stack import local_ca_file, local_certs_dir
 
 
 def ca_file(configured: Path | None = None) -> Path:
@@ -45,7 +37,7 @@ def client_context(configured_ca: Path | None = None) -> ssl.SSLContext:
 
 def local_server_files(name: str) -> tuple[Path, Path]:
     """The certificate and key `make up` made for server `name` (deploy/local/certs.sh)."""
-    folder = REPO_ROOT / ".stack" / "certs"
+    folder = local_certs_dir()
     return folder / f"{name}.crt", folder / f"{name}.key"
 
 

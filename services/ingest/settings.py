@@ -9,9 +9,9 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from libs.common.auth import jwks_url_of
-from libs.common.errors import ConfigurationError
 from libs.common.settings import PipelineSettings
-from libs.common.tls import REPO_ROOT, local_server_files
+from libs.common.stack import local_secrets_dir, read_secret
+from libs.common.tls import local_server_files
 from services.ingest.intake import MAX_RECORD_BYTES
 
 # Settings renamed to the runner's names after 0.1.0: one still set in a deployment stops the
@@ -24,7 +24,7 @@ RENAMED = {
 
 def local_mqtt_password_file() -> Path:
     """ingest's broker password that `make up` generates (deploy/local/common.sh)."""
-    return REPO_ROOT / ".stack" / "secrets" / "mqtt-ingest.password"
+    return local_secrets_dir() / "mqtt-ingest.password"
 
 
 class IngestSettings(PipelineSettings):
@@ -112,20 +112,13 @@ class IngestSettings(PipelineSettings):
             return self.mqtt_username, self.mqtt_password.get_secret_value()
         if not self.mqtt_tls:
             return None
-        path = local_mqtt_password_file()
-        try:
-            password = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigurationError(
-                f"MQTT password file {path} cannot be read ({exc.strerror}): set MQTT_PASSWORD "
-                "or MQTT_PASSWORD_FILE, or run `make up` to create the local stack's accounts"
-            ) from exc
-        if not password:
-            raise ConfigurationError(
-                f"MQTT password file {path} is empty: set MQTT_PASSWORD or MQTT_PASSWORD_FILE, "
-                "or run `make up` to create the local stack's accounts"
-            )
-        return self.mqtt_username, password
+        password = read_secret(
+            local_mqtt_password_file(),
+            "ingest's MQTT password",
+            "set MQTT_PASSWORD or MQTT_PASSWORD_FILE, or run `make up` to create the local "
+            "stack's accounts",
+        )
+        return self.mqtt_username, password.get_secret_value()
 
     def tls_files(self) -> tuple[Path, Path]:
         """The HTTPS certificate and key: the ones set, else the local stack's."""

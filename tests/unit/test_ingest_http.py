@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from libs.common import stack
 from libs.common.errors import ConfigurationError
 from libs.common.health import Readiness, health_app, serve_http
 from libs.common.kafka import Outgoing
@@ -219,7 +220,7 @@ def test_over_tls_the_default_password_is_the_local_stacks_generated_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     password_file = tmp_path / ".stack" / "secrets" / "mqtt-ingest.password"
-    monkeypatch.setattr(ingest_settings, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(stack, "REPO_ROOT", tmp_path)
     with pytest.raises(ConfigurationError, match="MQTT_PASSWORD or MQTT_PASSWORD_FILE.*make up"):
         IngestSettings(mqtt_url=TLS_URL).mqtt_credentials()
     password_file.parent.mkdir(parents=True)
