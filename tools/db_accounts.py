@@ -20,8 +20,9 @@ ROLES: dict[str, str] = {
     "migrator": "owns the tables: DDL and migrations",
     "store": "INSERT, SELECT on sensor_readings",
     "enrich": "SELECT on devices",
-    "reader": "SELECT on the tables (Grafana, analysts)",
-    "admin_api": "SELECT, INSERT, UPDATE on devices",
+    "reader": "SELECT on the tables but the audit log (Grafana, analysts)",
+    "admin_api": "SELECT, INSERT, UPDATE on devices; INSERT, SELECT on audit_log",
+    "audit_writer": "INSERT on audit_log (ingest, the audit collector)",
 }
 
 

@@ -637,7 +637,7 @@ postgres_conf_port() { sed -n 's|^port = \([0-9]*\)|\1|p' "$(pg_base)/data/stack
 # user NAME is a member of the group role pipeline_NAME. Their passwords are generated once
 # into PG_SECRETS (0600, never committed); `python -m tools.credentials database --role NAME`
 # prints a DSN with one.
-PG_LOGINS=(migrator store enrich reader admin_api)
+PG_LOGINS=(migrator store enrich reader admin_api audit_writer)
 PG_SECRETS="$STACK/secrets"
 # Set by pg_configure when a file the running server reads on reload has changed.
 PG_CHANGED=0

@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from libs.common.db import connect, create_pool, migrate
+from libs.common.db import connect, create_pool, migrate, migration_files
 from libs.common.errors import ConfigurationError
 from libs.common.tls import local_ca_file
 from services.enrich.registry import DeviceRegistry
@@ -162,7 +162,8 @@ async def test_the_reader_role_reads_every_table_and_writes_none(
     reader = await as_role("reader")
     assert await reader.fetchval("SELECT count(*) FROM sensor_readings") == 1
     assert await reader.fetchval("SELECT site FROM devices") == "roof"
-    assert await reader.fetchval("SELECT count(*) FROM schema_migrations") == 3
+    assert await reader.fetchval("SELECT count(*) FROM schema_migrations") == len(migration_files())
+    await refused(reader, "SELECT count(*) FROM audit_log")
     await refused(reader, INSERT_READING, *reading("dev-2", 0))
     await refused(reader, "UPDATE devices SET site = 'cellar'")
     await refused(reader, "DELETE FROM sensor_readings")
@@ -198,6 +199,48 @@ async def test_the_admin_api_role_manages_devices_but_deletes_nothing(
     await refused(admin, "SELECT count(*) FROM sensor_readings")
 
 
+AUDIT_ROW = (
+    "INSERT INTO audit_log (actor, actor_kind, action, target, outcome, reason, recorded_by) "
+    "VALUES ('dev-1', 'device', 'mqtt.publish', 'sensors/dev-2/readings', 'refused', "
+    "'not authorised', 'mosquitto')"
+)
+
+
+@pytest.mark.parametrize("role", ["store", "enrich", "reader", "admin_api", "audit_writer"])
+async def test_no_service_role_may_change_or_remove_an_audit_row(
+    role: str, db: asyncpg.Connection, as_role: Connect
+) -> None:
+    await db.execute(AUDIT_ROW)
+    conn = await as_role(role)
+    for statement in (
+        "UPDATE audit_log SET outcome = 'allowed'",
+        "DELETE FROM audit_log",
+        "TRUNCATE audit_log",
+    ):
+        await refused(conn, statement)
+    # Not even the table's owner: the triggers refuse it in the database itself.
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+        await db.execute("UPDATE audit_log SET outcome = 'allowed'")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+        await db.execute("DELETE FROM audit_log")
+    assert await db.fetchval("SELECT outcome FROM audit_log") == "refused"
+
+
+async def test_only_the_writers_append_to_the_audit_log_and_only_the_admin_api_reads_it(
+    db: asyncpg.Connection, as_role: Connect
+) -> None:
+    writer = await as_role("audit_writer")
+    await writer.execute(AUDIT_ROW)
+    await refused(writer, "SELECT count(*) FROM audit_log")
+    admin_api = await as_role("admin_api")
+    await admin_api.execute(AUDIT_ROW)
+    assert await admin_api.fetchval("SELECT count(*) FROM audit_log") == 2
+    for role in ("store", "enrich", "reader"):
+        conn = await as_role(role)
+        await refused(conn, AUDIT_ROW)
+        await refused(conn, "SELECT count(*) FROM audit_log")
+
+
 async def test_the_migrator_role_migrates_a_new_schema_from_nothing(names: Names) -> None:
     fresh = names.schema("bymigrator")
     owner = await asyncpg.connect(DATABASE_URL)
@@ -209,7 +252,7 @@ async def test_the_migrator_role_migrates_a_new_schema_from_nothing(names: Names
             await conn.execute(f'DROP TABLE "{fresh}".scratch')
         finally:
             await conn.close()
-        assert applied == ["0001_initial", "0002_compression", "0003_roles"]
+        assert applied == [path.stem for path in migration_files()]
         owners = await owner.fetch(
             "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = $1", fresh
         )
