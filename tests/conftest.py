@@ -15,11 +15,14 @@ import pytest
 from libs.common.db import connect, migrate
 from libs.common.kafka import ensure_topics
 from libs.common.settings import DEFAULT_DATABASE_URL
+from tools import mqtt_run_accounts as run_accounts
+from tools.mqtt_run_accounts import RunAccounts
 from tools.names import Names
 from tools.processes import free_port as any_free_port
 
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-MQTT_HOST, MQTT_PORT = "127.0.0.1", int(os.environ.get("MQTT_PORT", "1883"))
+# Mosquitto's TLS listener with accounts (as stack.sh's MQTT_TLS_PORT): every test's MQTT.
+MQTT_HOST, MQTT_TLS_PORT = "127.0.0.1", int(os.environ.get("MQTT_TLS_PORT", "8883"))
 DATABASE_URL = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
 PG = urlsplit(DATABASE_URL)
 
@@ -40,7 +43,7 @@ def stack() -> None:
         name
         for name, h, p in (
             ("Kafka", host, int(port)),
-            ("Mosquitto", MQTT_HOST, MQTT_PORT),
+            ("Mosquitto", MQTT_HOST, MQTT_TLS_PORT),
             ("PostgreSQL", PG.hostname or "127.0.0.1", PG.port or 5432),
         )
         if not _reachable(h, p)
@@ -88,6 +91,17 @@ async def db(schema: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def mqtt_accounts(stack: None, names: Names) -> AsyncIterator[RunAccounts]:
+    """This test's MQTT accounts on the TLS listener, for its topics `t-<run>/sensors/...`:
+    an ingest that may subscribe to them, and a fleet that may publish there."""
+    accounts = await run_accounts.create(f"test-{names.run_id}", f"t-{names.run_id}/")
+    try:
+        yield accounts
+    finally:
+        await run_accounts.delete(accounts.run)
 
 
 @pytest.fixture

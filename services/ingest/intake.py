@@ -52,10 +52,11 @@ class Rejected:
 
 def device_of_topic(topic: str) -> str | None:
     """The device of an MQTT topic `sensors/<device_id>/readings` (where devices publish, by
-    the contract); None for any other topic."""
+    the contract), also under a prefix of levels (`<prefix>/sensors/<device_id>/readings`: a
+    deployment's mount point, a test run's topics); None for any other topic."""
     parts = topic.split("/")
-    if len(parts) == 3 and parts[0] == "sensors" and parts[2] == "readings" and parts[1]:
-        return parts[1]
+    if len(parts) >= 3 and parts[-3] == "sensors" and parts[-1] == "readings" and parts[-2]:
+        return parts[-2]
     return None
 
 

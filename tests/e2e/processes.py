@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
+from typing import Any
+
+import aiomqtt
 
 from libs.common.db import connect, migrate
 from libs.common.kafka import ensure_topics
+from tools import mqtt_run_accounts as run_accounts
+from tools.mqtt_accounts import MqttAccountsSettings
+from tools.mqtt_run_accounts import blocking
 from tools.names import Names
 from tools.processes import REPO_ROOT as REPO_ROOT  # re-exported: tests find files by it
 from tools.processes import ProcessError, ServiceProcess, free_port
-
-# Mosquitto's anonymous plaintext listener, where the tests' devices publish (as stack.sh's).
-MQTT_PORT = int(os.environ.get("MQTT_PORT", "1883"))
 
 
 class Service:
@@ -82,26 +84,33 @@ class Chain:
     stopped and started again on the same port (so its Kafka transactional id is the same)."""
 
     def __init__(
-        self, suffix: str, env: dict[str, str], log_dir: Path, *, shared_topic: bool = False
+        self,
+        suffix: str,
+        env: dict[str, str],
+        log_dir: Path,
+        *,
+        shared_topic: bool = False,
+        mqtt: MqttAccountsSettings | None = None,
     ) -> None:
         self.suffix = suffix
         self.log_dir = log_dir
         # Devices' topics of this chain alone (t-<suffix>/sensors/<id>/readings), so that tests
-        # running beside each other on one broker do not take each other's readings. ingest's
-        # broker account may subscribe only to the real $share/ingest/sensors/+/readings, so
-        # such a chain's ingest listens on the plaintext listener (MQTT_PORT, development
-        # mode); a chain with `shared_topic` (a private stack) uses the real topic and
-        # whatever MQTT_URL `env` gives (by default TLS with the stack's account).
+        # running beside each other on one broker do not take each other's readings; a chain
+        # with `shared_topic` (a private stack) uses the real topics. Either way over TLS,
+        # with accounts of the chain's own whose roles allow exactly its topics
+        # (tools.mqtt_run_accounts): ingest's, and a fleet account the tests publish with.
         self.topic_prefix = "" if shared_topic else f"t-{suffix}/"
-        plain = {} if shared_topic else {"MQTT_URL": f"mqtt://127.0.0.1:{MQTT_PORT}"}
-        private_topic = f"$share/ingest/t-{suffix}/sensors/+/readings"
-        topic = {} if shared_topic else {"MQTT_TOPIC": private_topic}
+        self._mqtt_settings = mqtt or MqttAccountsSettings()
+        self.mqtt = blocking(
+            run_accounts.create(f"chain-{suffix}", self.topic_prefix, self._mqtt_settings)
+        )
+        self.mqtt_client_id = f"ingest-{suffix}"
+        self._mqtt_closed = False
         self.env = (
-            plain
-            | env
-            | topic
+            env
+            | self.mqtt.ingest_env()
             | {
-                "MQTT_CLIENT_ID": f"ingest-{suffix}",
+                "MQTT_CLIENT_ID": self.mqtt_client_id,
                 "CONSUMER_POLL_TIMEOUT_MS": "100",
                 "REGISTRY_REFRESH_S": "1",
             }
@@ -135,7 +144,18 @@ class Chain:
         self.services[name].proc.kill()
 
     def stop_all(self, timeout_s: float = 30.0) -> dict[str, int]:
-        return {name: s.terminate(timeout_s) for name, s in self.services.items()}
+        """Stop every service, then end ingest's broker session and delete the chain's
+        accounts: a session left behind would stay in its shared subscription."""
+        codes = {name: s.terminate(timeout_s) for name, s in self.services.items()}
+        if not self._mqtt_closed:  # a test may stop the chain itself before its fixture does
+            blocking(run_accounts.forget_session(self.mqtt, self.mqtt_client_id))
+            blocking(run_accounts.delete(self.mqtt.run, self._mqtt_settings))
+            self._mqtt_closed = True
+        return codes
+
+    def mqtt_client(self, **options: Any) -> aiomqtt.Client:
+        """A client of the chain's fleet account on the TLS listener, for the devices."""
+        return self.mqtt.fleet_client(**options)
 
     @property
     def ingest_url(self) -> str:

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import aiomqtt
 import asyncpg
 import httpx
 import orjson
@@ -17,8 +16,8 @@ import pytest
 
 from libs.common.metrics import sample_sum
 from libs.common.models import DeadLetter, EnrichedReading
-from tests.conftest import MQTT_HOST, MQTT_PORT, Names
-from tests.e2e.processes import Chain, Service
+from tests.conftest import Names
+from tests.e2e.processes import Chain
 from tests.integration.kafka_helpers import read_topic, settle_and_read
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +34,7 @@ def f_to_c(f: float) -> float:
 
 
 @pytest.fixture
-def chain(topics: Names, schema: str, tmp_path: Path) -> Iterator[dict[str, Service]]:
+def chain(topics: Names, schema: str, tmp_path: Path) -> Iterator[Chain]:
     chain = Chain(topics.run_id, topics.env(), tmp_path)
     try:
         chain.start_all(
@@ -47,14 +46,14 @@ def chain(topics: Names, schema: str, tmp_path: Path) -> Iterator[dict[str, Serv
                 "store": "store",
             }
         )
-        yield chain.services
+        yield chain
     finally:
         codes = chain.stop_all()
         assert codes == dict.fromkeys(codes, 0), "every service exits 0 on SIGTERM"
 
 
 async def test_a_known_mix_ends_as_exactly_the_valid_unique_rows_and_the_bad_in_the_dlq(
-    topics: Names, db: asyncpg.Connection, chain: dict[str, Service]
+    topics: Names, db: asyncpg.Connection, chain: Chain
 ) -> None:
     await db.execute(
         "INSERT INTO devices (device_id, model, site, owner) VALUES ($1, $2, $3, $4)",
@@ -121,11 +120,11 @@ async def test_a_known_mix_ends_as_exactly_the_valid_unique_rows_and_the_bad_in_
         ),
         ("e2e-x", b'{"device_id": "e2e-x", "timestamp": 1, "temperature": NaN}'),
     ]
-    async with aiomqtt.Client(MQTT_HOST, MQTT_PORT, protocol=aiomqtt.ProtocolVersion.V5) as mq:
+    async with chain.mqtt_client() as mq:
         for device, payload in mqtt_messages:
-            await mq.publish(f"t-{topics.run_id}/sensors/{device}/readings", payload, qos=1)
+            await mq.publish(chain.mqtt_topic(device), payload, qos=1)
 
-    ingest = chain["ingest"].url
+    ingest = chain.services["ingest"].url
     async with httpx.AsyncClient(timeout=30) as http:
         array = http_valid[:2] + [
             {"device_id": "e2e-y", "timestamp": iso(7), "temperature": "NaN"},
@@ -234,12 +233,12 @@ async def test_a_known_mix_ends_as_exactly_the_valid_unique_rows_and_the_bad_in_
 
     # Two validate replicas share the partitions: each took part of the stream.
     taken = [
-        sample_sum(chain[n].metrics(), "pipeline_messages_in_total", stage="validate")
+        sample_sum(chain.services[n].metrics(), "pipeline_messages_in_total", stage="validate")
         for n in ("validate-1", "validate-2")
     ]
     assert sum(taken) >= 12 and all(t > 0 for t in taken), taken
     dropped = sum(
-        sample_sum(chain[n].metrics(), "pipeline_duplicates_dropped_total")
+        sample_sum(chain.services[n].metrics(), "pipeline_duplicates_dropped_total")
         for n in ("validate-1", "validate-2")
     )
     assert dropped == 2

@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import httpx
 import orjson
 import pytest
@@ -25,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from libs.common.metrics import sample_sum
 from libs.common.models import DeadLetter
-from tests.conftest import MQTT_HOST, MQTT_PORT, Names, connect_to_schema
+from tests.conftest import Names, connect_to_schema
 from tests.e2e.processes import Chain, drop_schema, prepare_topics_and_schema
 from tests.integration.kafka_helpers import read_topic
 
@@ -106,7 +105,7 @@ def readings(now: datetime) -> tuple[list[tuple[str, bytes]], list[bytes], dict[
 async def send(chain: Chain) -> None:
     mqtt, bodies, _ = readings(datetime.now(UTC).replace(microsecond=0))
     assert len(mqtt) == MQTT_MESSAGES
-    async with aiomqtt.Client(MQTT_HOST, MQTT_PORT, protocol=aiomqtt.ProtocolVersion.V5) as client:
+    async with chain.mqtt_client() as client:
         for device, payload in mqtt:
             await client.publish(chain.mqtt_topic(device), payload, qos=1)
     async with httpx.AsyncClient(timeout=30) as http:

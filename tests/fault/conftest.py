@@ -19,6 +19,7 @@ from libs.common.kafka import ensure_topics
 from libs.common.settings import PipelineSettings
 from tests.conftest import Names, connect_to_schema
 from tests.e2e.processes import REPO_ROOT, Chain
+from tools.mqtt_accounts import MqttAccountsSettings
 
 STACK_DIR = REPO_ROOT / ".stack" / "fault"
 FIGURES = STACK_DIR / "figures"
@@ -31,7 +32,6 @@ PORTS = {
     "PG_PORT": 25432,
 }
 KAFKA = f"127.0.0.1:{PORTS['KAFKA_PORT']}"
-MQTT_PORT = PORTS["MQTT_PORT"]
 DATABASE_URL = f"postgresql://sensors:sensors@127.0.0.1:{PORTS['PG_PORT']}/sensors"
 SERVERS = ("kafka", "mosquitto", "postgres")
 
@@ -40,13 +40,8 @@ class FaultStack:
     """The private stack: started by stack.sh, its servers stopped by pid and started again."""
 
     env = {"STACK_DIR": str(STACK_DIR), **{k: str(v) for k, v in PORTS.items()}}
-    # ingest on this stack's plaintext listener with a private share group, as before TLS:
-    # over TLS with its account (the real $share/ingest/sensors/+/readings), the readings
-    # published while ingest was down were not delivered when it came back (to be found out
-    # before the fault tests move to TLS; docs/security.md).
     client_env = {
         "KAFKA_BOOTSTRAP_SERVERS": KAFKA,
-        "MQTT_URL": f"mqtt://127.0.0.1:{MQTT_PORT}",
         "TLS_CA_FILE": str(STACK_DIR / "certs" / "ca.crt"),
         "DATABASE_URL": DATABASE_URL,
     }
@@ -142,7 +137,14 @@ def fault_chain(fault_names: Names, request: pytest.FixtureRequest) -> Iterator[
         for old in log_dir.glob("*.log"):
             old.unlink()
     log_dir.mkdir(parents=True, exist_ok=True)
-    chain = Chain(fault_names.run_id, fault_names.env() | FaultStack.client_env, log_dir)
+    # The real topics and shared subscription (a private stack), over TLS with accounts.
+    chain = Chain(
+        fault_names.run_id,
+        fault_names.env() | FaultStack.client_env,
+        log_dir,
+        shared_topic=True,
+        mqtt=MqttAccountsSettings(stack_dir=STACK_DIR, mqtt_tls_port=PORTS["MQTT_TLS_PORT"]),
+    )
     try:
         yield chain
     finally:

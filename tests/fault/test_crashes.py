@@ -13,7 +13,7 @@ import asyncpg
 
 from tests.conftest import Names
 from tests.e2e.processes import Chain
-from tests.fault.conftest import KAFKA, MQTT_PORT, record_figures
+from tests.fault.conftest import KAFKA, record_figures
 from tests.fault.traffic import Traffic, send_http, send_mqtt, settle
 
 STAGES = {"ingest": "ingest", "validate": "validate", "enrich": "enrich", "store": "store"}
@@ -55,7 +55,7 @@ async def test_stages_killed_at_random_moments_lose_and_duplicate_nothing(
         sent_in[name] = round(time.monotonic() - started, 1)
 
     await asyncio.gather(
-        timed("mqtt", send_mqtt(fault_chain, MQTT_PORT, messages[::2], RATE / 2, traffic)),
+        timed("mqtt", send_mqtt(fault_chain, messages[::2], RATE / 2, traffic)),
         timed("http", send_http(fault_chain, messages[1::2], RATE / 2, traffic)),
     )
     stop.set()

@@ -9,14 +9,13 @@ import asyncio
 import time
 from pathlib import Path
 
-import aiomqtt
 import asyncpg
 import httpx
 import orjson
 
 from tests.conftest import Names, connect_to_schema
 from tests.e2e.processes import Chain
-from tests.fault.conftest import DATABASE_URL, KAFKA, MQTT_PORT, record_figures
+from tests.fault.conftest import DATABASE_URL, KAFKA, record_figures
 from tests.fault.traffic import Traffic, send_mqtt, settle
 
 STAGES = {"ingest": "ingest", "validate": "validate", "enrich": "enrich", "store": "store"}
@@ -66,9 +65,7 @@ async def test_a_burst_into_a_blocked_store_is_absorbed_within_memory_ceilings(
                 assert answer.status_code == 202, answer.text
                 await asyncio.sleep(500 / burst_rate)
 
-        await asyncio.gather(
-            post_all(), send_mqtt(fault_chain, MQTT_PORT, mqtt_part, burst_rate / 4, traffic)
-        )
+        await asyncio.gather(post_all(), send_mqtt(fault_chain, mqtt_part, burst_rate / 4, traffic))
     burst_s = round(time.monotonic() - began, 1)
     await asyncio.sleep(max(0.0, 20 - burst_s))  # the store stays blocked a while longer
     blocked_rows = await fault_db.fetchval(
@@ -103,7 +100,7 @@ async def test_readings_published_while_ingest_is_down_arrive_when_it_returns(
         orjson.dumps({"device_id": f"late-{i % 5}", "timestamp": 1795755600 + i, "temperature": 20})
         for i in range(200)
     ]
-    async with aiomqtt.Client("127.0.0.1", MQTT_PORT, protocol=aiomqtt.ProtocolVersion.V5) as mq:
+    async with fault_chain.mqtt_client() as mq:
         for payload in readings:
             device = orjson.loads(payload)["device_id"]
             await mq.publish(fault_chain.mqtt_topic(device), payload, qos=1)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import Names, connect_to_schema
 from tests.e2e.processes import Chain
-from tests.fault.conftest import DATABASE_URL, KAFKA, MQTT_PORT, FaultStack, record_figures
+from tests.fault.conftest import DATABASE_URL, KAFKA, FaultStack, record_figures
 from tests.fault.traffic import Traffic, send_http, send_mqtt, settle
 
 STAGES = {"ingest": "ingest", "validate": "validate", "enrich": "enrich", "store": "store"}
@@ -73,7 +73,7 @@ async def test_a_server_outage_is_waited_out_without_loss(
     ready_again: dict[str, list[float]] = {}
     watcher = asyncio.create_task(watch_readiness(fault_chain, stop, seen, ready_again))
     senders = asyncio.gather(
-        send_mqtt(fault_chain, MQTT_PORT, messages[::2], rate / 2, traffic),
+        send_mqtt(fault_chain, messages[::2], rate / 2, traffic),
         send_http(fault_chain, messages[1::2], rate / 2, traffic),
     )
     await asyncio.sleep(5)

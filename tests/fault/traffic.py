@@ -82,16 +82,12 @@ class Traffic:
         return traffic, messages
 
 
-async def send_mqtt(
-    chain: Chain, port: int, messages: list[bytes], rate: float, traffic: Traffic
-) -> None:
+async def send_mqtt(chain: Chain, messages: list[bytes], rate: float, traffic: Traffic) -> None:
     """Publish each message with QoS 1; after a lost connection, publish it again."""
     pending = list(messages)
     while pending:
         try:
-            async with aiomqtt.Client(
-                "127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5, timeout=5
-            ) as client:
+            async with chain.mqtt_client(timeout=5) as client:
                 while pending:
                     payload = pending[0]
                     device = _device(payload)

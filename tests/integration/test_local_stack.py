@@ -2,7 +2,7 @@
 
 These tests talk to the running stack and never start it: a server that does not answer is a
 failure that says to run `make up`. Ports come from the same environment variables as the
-stack's (KAFKA_PORT, MQTT_PORT, PG_PORT).
+stack's (KAFKA_PORT, MQTT_TLS_PORT, PG_PORT).
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import aiomqtt
 import asyncpg
 import pytest
 
+from libs.common.tls import client_context
+from tools.mqtt_run_accounts import RunAccounts
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +34,6 @@ PID_FILES = {
 
 HOST = "127.0.0.1"
 KAFKA_PORT = int(os.environ.get("KAFKA_PORT", "9092"))
-MQTT_PORT = int(os.environ.get("MQTT_PORT", "1883"))
 PG_PORT = int(os.environ.get("PG_PORT", "5432"))
 DATABASE_URL = f"postgresql://sensors:sensors@{HOST}:{PG_PORT}/sensors"
 
@@ -92,21 +94,25 @@ def test_running_up_again_keeps_every_server_process_and_is_quick() -> None:
     assert elapsed < 60, f"a warm `up` took {elapsed:.0f}s:\n{result.stdout}"
 
 
-async def test_mosquitto_delivers_a_qos1_message_over_mqtt_v5() -> None:
-    require_server("Mosquitto", MQTT_PORT)
-    topic = f"test/local-stack/{uuid.uuid4()}"
+async def test_mosquitto_delivers_a_qos1_message_over_mqtt_v5_and_tls(
+    mqtt_accounts: RunAccounts,
+) -> None:
+    topic = mqtt_accounts.topic(f"dev-{uuid.uuid4().hex[:8]}")
     payload = uuid.uuid4().bytes
-    client = aiomqtt.Client(
-        HOST,
-        MQTT_PORT,
+    subscriber = aiomqtt.Client(
+        mqtt_accounts.host,
+        mqtt_accounts.port,
+        username=mqtt_accounts.ingest_username,
+        password=mqtt_accounts.ingest_password,
         identifier=f"test-local-stack-{uuid.uuid4().hex[:8]}",
         protocol=aiomqtt.ProtocolVersion.V5,
+        tls_context=client_context(mqtt_accounts.ca_file),
         timeout=10,
     )
-    async with asyncio.timeout(20), client:
-        await client.subscribe(topic, qos=1)
-        await client.publish(topic, payload, qos=1)
-        async for message in client.messages:
+    async with asyncio.timeout(20), subscriber, mqtt_accounts.fleet_client(timeout=10) as fleet:
+        await subscriber.subscribe(topic, qos=1)
+        await fleet.publish(topic, payload, qos=1)
+        async for message in subscriber.messages:
             assert message.topic.matches(topic)
             assert message.payload == payload
             assert message.qos == 1

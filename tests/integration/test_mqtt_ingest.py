@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import aiomqtt
 import orjson
 import pytest
 
@@ -18,8 +17,9 @@ from services.ingest import mqtt
 from services.ingest.handover import Handover
 from services.ingest.mqtt import MqttIngest, MqttLogin
 from services.ingest.settings import IngestSettings
-from tests.conftest import MQTT_HOST, MQTT_PORT, Names
+from tests.conftest import MQTT_HOST, Names
 from tests.integration.kafka_helpers import read_topic, settle_and_read
+from tools.mqtt_run_accounts import RunAccounts
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +44,11 @@ async def running(settings: IngestSettings, stop: asyncio.Event) -> AsyncIterato
             await asyncio.wait_for(task, 20)
 
 
+def ingest_login(accounts: RunAccounts) -> dict[str, object]:
+    """ingest's settings for the run's own account and shared subscription, over TLS."""
+    return {k.lower(): v for k, v in accounts.ingest_env().items()}
+
+
 async def wait_until(condition: object, timeout_s: float = 15) -> None:
     async with asyncio.timeout(timeout_s):
         while not condition():  # type: ignore[operator]
@@ -51,24 +56,20 @@ async def wait_until(condition: object, timeout_s: float = 15) -> None:
 
 
 async def test_a_bad_mqtt_message_reaches_the_dlq_with_the_device_of_its_topic(
-    topics: Names,
+    topics: Names, mqtt_accounts: RunAccounts
 ) -> None:
     device = f"dev-{topics.run_id}"
-    topic = f"sensors/{device}/readings"
+    topic = mqtt_accounts.topic(device)
     settings = topics.settings_of(
         IngestSettings,
-        mqtt_url=f"mqtt://{MQTT_HOST}:{MQTT_PORT}",
-        # Only this test's device: the local broker carries other tests' readings too.
-        mqtt_topic=topic,
+        **ingest_login(mqtt_accounts),
         mqtt_client_id=f"test-ingest-{topics.run_id}",
     )
     good = orjson.dumps({"device_id": device, "timestamp": 1, "temperature": 20.0})
     stop = asyncio.Event()
     async with running(settings, stop) as readiness:
         await wait_until(lambda: readiness.snapshot()["mqtt"])
-        async with aiomqtt.Client(
-            MQTT_HOST, MQTT_PORT, protocol=aiomqtt.ProtocolVersion.V5
-        ) as client:
+        async with mqtt_accounts.fleet_client() as client:
             for payload in (b"not json", good, b'{"temperature": 20.0}'):
                 await client.publish(topic, payload, qos=1)
         letters = [orjson.loads(r.value) for r in await read_topic(topics.dlq, 2)]
@@ -83,14 +84,13 @@ async def test_a_bad_mqtt_message_reaches_the_dlq_with_the_device_of_its_topic(
 
 
 async def test_a_reading_of_another_device_than_its_topics_reaches_the_dlq_as_device_mismatch(
-    topics: Names,
+    topics: Names, mqtt_accounts: RunAccounts
 ) -> None:
     device = f"dev-{topics.run_id}"
-    topic = f"sensors/{device}/readings"
+    topic = mqtt_accounts.topic(device)
     settings = topics.settings_of(
         IngestSettings,
-        mqtt_url=f"mqtt://{MQTT_HOST}:{MQTT_PORT}",
-        mqtt_topic=topic,
+        **ingest_login(mqtt_accounts),
         mqtt_client_id=f"test-ingest-mismatch-{topics.run_id}",
     )
     own = orjson.dumps({"device_id": device, "timestamp": 1, "temperature": 20.0})
@@ -98,9 +98,7 @@ async def test_a_reading_of_another_device_than_its_topics_reaches_the_dlq_as_de
     stop = asyncio.Event()
     async with running(settings, stop) as readiness:
         await wait_until(lambda: readiness.snapshot()["mqtt"])
-        async with aiomqtt.Client(
-            MQTT_HOST, MQTT_PORT, protocol=aiomqtt.ProtocolVersion.V5
-        ) as client:
+        async with mqtt_accounts.fleet_client() as client:
             for payload in (other, own):
                 await client.publish(topic, payload, qos=1)
         [letter] = [orjson.loads(r.value) for r in await read_topic(topics.dlq, 1)]

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import aiomqtt
 import pytest
 
 from libs.common.errors import MqttUnavailable
+from libs.common.tls import client_context
 from services.ingest.mqtt_client import Delivery, MqttSession
-from tests.integration.test_local_stack import HOST, MQTT_PORT, require_server
+from tests.integration.test_local_stack import HOST
+from tools.mqtt_run_accounts import RunAccounts
 
 pytestmark = pytest.mark.integration
 
@@ -20,14 +21,21 @@ pytestmark = pytest.mark.integration
 EXPIRY_S = 60
 
 
-def session(client_id: str, receive_maximum: int = 100) -> MqttSession:
+def session(accounts: RunAccounts, client_id: str, receive_maximum: int = 100) -> MqttSession:
+    """ingest's session, over TLS as the run's ingest account."""
     return MqttSession(
-        HOST, MQTT_PORT, client_id, receive_maximum=receive_maximum, session_expiry_s=EXPIRY_S
+        accounts.host,
+        accounts.port,
+        client_id,
+        receive_maximum=receive_maximum,
+        session_expiry_s=EXPIRY_S,
+        tls=client_context(accounts.ca_file),
+        credentials=(accounts.ingest_username, accounts.ingest_password),
     )
 
 
-async def publish(topic: str, payloads: list[bytes]) -> None:
-    async with aiomqtt.Client(HOST, MQTT_PORT, protocol=aiomqtt.ProtocolVersion.V5) as client:
+async def publish(accounts: RunAccounts, topic: str, payloads: list[bytes]) -> None:
+    async with accounts.fleet_client() as client:
         for payload in payloads:
             await client.publish(topic, payload, qos=1)
 
@@ -49,33 +57,35 @@ async def nothing_arrives(mqtt: MqttSession, within_s: float = 0.5) -> bool:
     return False
 
 
+Run = tuple[str, str, RunAccounts]
+
+
 @pytest.fixture
-def names() -> tuple[str, str]:
-    require_server("Mosquitto", MQTT_PORT)
+def names(mqtt_accounts: RunAccounts) -> Run:
     run = uuid.uuid4().hex[:8]
-    return f"test-mqtt-session-{run}", f"test/mqtt-session/{run}"
+    return f"test-mqtt-session-{run}", mqtt_accounts.topic(f"dev-{run}"), mqtt_accounts
 
 
 async def test_a_message_not_acknowledged_is_delivered_again_on_the_next_connection(
-    names: tuple[str, str],
+    names: Run,
 ) -> None:
-    client_id, topic = names
+    client_id, topic, accounts = names
     payloads = [f"reading {i}".encode() for i in range(3)]
-    first = session(client_id)
-    await first.open(f"$share/ingest/{topic}")
-    await publish(topic, payloads)
+    first = session(accounts, client_id)
+    await first.open(accounts.shared_topic)
+    await publish(accounts, topic, payloads)
     assert [d.payload for d in await take_all(first, 3)] == payloads
     await first.close()
 
-    second = session(client_id)
-    await second.open(f"$share/ingest/{topic}")
+    second = session(accounts, client_id)
+    await second.open(accounts.shared_topic)
     again = await take_all(second, 3)
     assert [d.payload for d in again] == payloads
     assert second.ack(again)
     await second.close()
 
-    third = session(client_id)
-    await third.open(f"$share/ingest/{topic}")
+    third = session(accounts, client_id)
+    await third.open(accounts.shared_topic)
     try:
         assert await nothing_arrives(third)
     finally:
@@ -83,13 +93,13 @@ async def test_a_message_not_acknowledged_is_delivered_again_on_the_next_connect
 
 
 async def test_the_broker_sends_no_more_than_the_receive_maximum_until_acknowledged(
-    names: tuple[str, str],
+    names: Run,
 ) -> None:
-    client_id, topic = names
-    mqtt = session(client_id, receive_maximum=5)
+    client_id, topic, accounts = names
+    mqtt = session(accounts, client_id, receive_maximum=5)
     await mqtt.open(topic)
     try:
-        await publish(topic, [f"reading {i}".encode() for i in range(12)])
+        await publish(accounts, topic, [f"reading {i}".encode() for i in range(12)])
         first = await take_all(mqtt, 5)
         assert await nothing_arrives(mqtt)
         assert mqtt.ack(first)
@@ -102,15 +112,15 @@ async def test_the_broker_sends_no_more_than_the_receive_maximum_until_acknowled
 
 
 async def test_an_acknowledgement_for_a_lost_connection_is_never_sent_on_another(
-    names: tuple[str, str],
+    names: Run,
 ) -> None:
-    client_id, topic = names
-    old = session(client_id)
+    client_id, topic, accounts = names
+    old = session(accounts, client_id)
     await old.open(topic)
-    await publish(topic, [b"reading 0"])
+    await publish(accounts, topic, [b"reading 0"])
     taken = await take_all(old, 1)
     # A second connection with the same client id takes the session over: the old one is lost.
-    new = session(client_id)
+    new = session(accounts, client_id)
     await new.open(topic)
     try:
         async with asyncio.timeout(5):
@@ -133,15 +143,15 @@ async def test_an_unreachable_broker_is_reported_as_unavailable() -> None:
 
 
 async def test_a_backlog_queued_while_away_waits_in_the_broker_not_in_memory(
-    names: tuple[str, str],
+    names: Run,
 ) -> None:
-    client_id, topic = names
-    first = session(client_id, receive_maximum=50)
+    client_id, topic, accounts = names
+    first = session(accounts, client_id, receive_maximum=50)
     await first.open(topic)
     await first.close()
     backlog = [f"{i:05d}".encode() + b"x" * 1000 for i in range(3000)]
-    await publish(topic, backlog)
-    mqtt = session(client_id, receive_maximum=50)
+    await publish(accounts, topic, backlog)
+    mqtt = session(accounts, client_id, receive_maximum=50)
     await mqtt.open(topic)
     received: list[bytes] = []
     try:

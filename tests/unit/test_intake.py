@@ -127,6 +127,9 @@ def test_a_body_of_many_small_readings_is_not_held_to_the_record_limit() -> None
         ("sensors/dev-001/status", None),
         ("other/dev-001/readings", None),
         ("sensors/a/b/readings", None),
+        ("t-run1/sensors/dev-001/readings", "dev-001"),
+        ("site/a/sensors/dev-001/readings", "dev-001"),
+        ("t-run1/sensors//readings", None),
         ("", None),
     ],
 )
