@@ -24,7 +24,9 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from bench.harness.parsing import runs_from_stack
 from bench.harness.stats import Sample
-from libs.common.db import migrate
+from libs.common.db import connect, migrate
+from libs.common.db_accounts import LOCAL_HOST, LOCAL_PORT
+from libs.common.settings import PipelineSettings
 from services.ingest.settings import IngestSettings
 from tools import names
 from tools.processes import ProcessError, ServiceProcess
@@ -38,7 +40,12 @@ KAFKA = _SETTINGS.kafka_bootstrap_servers
 # What the services' producers compress with (PRODUCER_COMPRESSION or the default), so the
 # pre-filled topics and the Java producer's limit are what the stages see and do.
 PRODUCER_COMPRESSION = _SETTINGS.producer_compression
-DATABASE_URL = _SETTINGS.database_url.get_secret_value()
+# Where PostgreSQL is: DATABASE_URL's host and port if set, else the local stack's. Each client
+# here connects as its role of least privilege (connect_db), as the services do.
+_DB = urlsplit(_SETTINGS.database_url.get_secret_value()) if _SETTINGS.database_url else None
+DATABASE_ADDRESS = (
+    (_DB.hostname or LOCAL_HOST, _DB.port or LOCAL_PORT) if _DB else (LOCAL_HOST, LOCAL_PORT)
+)
 _MQTT = urlsplit(_SETTINGS.mqtt_url)
 MQTT_HOST = _MQTT.hostname or "127.0.0.1"
 # The benchmark's own clients publish (and subscribe) where devices do: the anonymous
@@ -201,13 +208,17 @@ def delete_groups(groups: Sequence[str]) -> None:
 # ------------------------------------------------------------------------------------ database
 
 
-async def connect_db(schema: str | None = None) -> asyncpg.Connection:
-    settings = {"search_path": f"{schema},public"} if schema else {}
-    return await asyncpg.connect(DATABASE_URL, server_settings=settings, timeout=10)
+async def connect_db(schema: str | None = None, role: str = "reader") -> asyncpg.Connection:
+    """A connection as `role` (DATABASE_URL if set), TLS verified, in `schema` (else public):
+    reader to read results, migrator for schemas, store and admin_api to pre-fill."""
+    settings = PipelineSettings(
+        service_name="bench", database_role=role, database_schema=schema or "public"
+    )
+    return await connect(settings)
 
 
 async def create_schema(schema: str) -> None:
-    conn = await connect_db()
+    conn = await connect_db(role="migrator")
     try:
         await migrate(conn, schema)
     finally:
@@ -217,7 +228,7 @@ async def create_schema(schema: str) -> None:
 async def drop_schemas(schemas: Sequence[str]) -> None:
     if not schemas:
         return
-    conn = await connect_db()
+    conn = await connect_db(role="migrator")
     try:
         for schema in schemas:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

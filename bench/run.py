@@ -42,7 +42,7 @@ from bench.harness.report import (
     to_markdown,
 )
 from bench.infra import (
-    DATABASE_URL,
+    DATABASE_ADDRESS,
     KAFKA,
     MQTT_HOST,
     MQTT_PORT,
@@ -76,13 +76,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def stack_missing() -> list[str]:
     kafka_host, _, kafka_port = KAFKA.split(",")[0].rpartition(":")
-    db = DATABASE_URL.rsplit("@", 1)[-1].split("/", 1)[0]
-    db_host, _, db_port = db.rpartition(":")
+    db_host, db_port = DATABASE_ADDRESS
     missing = []
     for name, host, port in (
         ("Kafka", kafka_host, int(kafka_port)),
         ("Mosquitto", MQTT_HOST, MQTT_PORT),
-        ("PostgreSQL", db_host or "127.0.0.1", int(db_port or 5432)),
+        ("PostgreSQL", db_host, db_port),
     ):
         try:
             with socket.create_connection((host, port), timeout=2):

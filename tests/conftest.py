@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from libs.common.db import connect, migrate
+from libs.common.db_accounts import dsn_for
 from libs.common.kafka import ensure_topics
 from libs.common.settings import DEFAULT_DATABASE_URL
 from tools import mqtt_run_accounts as run_accounts
@@ -23,7 +24,10 @@ from tools.processes import free_port as any_free_port
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 # Mosquitto's TLS listener with accounts (as stack.sh's MQTT_TLS_PORT): every test's MQTT.
 MQTT_HOST, MQTT_TLS_PORT = "127.0.0.1", int(os.environ.get("MQTT_TLS_PORT", "8883"))
-DATABASE_URL = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+# The local stack's development owner (docs/security.md), for the tests of that contract; every
+# other connection of the tests is a role's of least privilege (libs.common.db_accounts), as in
+# production: schemas are migrated by the migrator, stages connect as their own roles.
+DATABASE_URL = DEFAULT_DATABASE_URL
 PG = urlsplit(DATABASE_URL)
 
 
@@ -69,7 +73,9 @@ async def topics(stack: None, names: Names) -> Names:
 
 @pytest.fixture
 async def schema(stack: None, names: Names) -> AsyncIterator[str]:
-    settings = names.settings()
+    # As tools.setup does: the migrator creates the schema and owns its tables; the stages'
+    # roles get their grants from the migrations.
+    settings = names.settings(database_role="migrator")
     conn = await connect(settings)
     try:
         await migrate(conn, names.schema())
@@ -79,13 +85,20 @@ async def schema(stack: None, names: Names) -> AsyncIterator[str]:
         await conn.close()
 
 
-async def connect_to_schema(schema: str, url: str = DATABASE_URL) -> asyncpg.Connection:
-    """A connection that finds the pipeline's tables in `schema` (and TimescaleDB in public)."""
-    return await asyncpg.connect(url, server_settings={"search_path": f"{schema},public"})
+async def connect_to_schema(
+    schema: str, url: str | None = None, *, role: str = "migrator"
+) -> asyncpg.Connection:
+    """A connection that finds the pipeline's tables in `schema` (and TimescaleDB in public):
+    to `url`, else as `role`'s login user over verified TLS (the migrator, which owns the
+    tables, arranges data; reader checks what the stages wrote)."""
+    return await asyncpg.connect(
+        url or dsn_for(role), server_settings={"search_path": f"{schema},public"}
+    )
 
 
 @pytest.fixture
 async def db(schema: str) -> AsyncIterator[asyncpg.Connection]:
+    """The tables' owner (the migrator) in the test's schema: arranges and checks data."""
     conn = await connect_to_schema(schema)
     try:
         yield conn

@@ -373,7 +373,8 @@ def add_database_command(commands: argparse._SubParsersAction[argparse.ArgumentP
         description="Print postgresql://ROLE:PASSWORD@HOST:PORT/DB?sslmode=verify-full&... "
         "for one role: "
         + "; ".join(f"{name}: {what}" for name, what in ROLES.items())
-        + ". Host, port and database come from DATABASE_URL, the CA from TLS_CA_FILE.",
+        + ". Host, port and database come from DATABASE_URL if set (else the local stack's), "
+        "the CA from TLS_CA_FILE.",
     )
     database.add_argument("--role", required=True, choices=sorted(ROLES))
     database.add_argument(

@@ -47,6 +47,7 @@ class RunAccounts:
     ingest_password: str
     fleet_username: str
     fleet_password: str
+    group: str = "ingest"
 
     @property
     def url(self) -> str:
@@ -54,7 +55,7 @@ class RunAccounts:
 
     @property
     def shared_topic(self) -> str:
-        return f"$share/ingest/{self.prefix}sensors/+/readings"
+        return f"$share/{self.group}/{self.prefix}sensors/+/readings"
 
     def topic(self, device_id: str) -> str:
         return f"{self.prefix}sensors/{device_id}/readings"
@@ -82,11 +83,11 @@ class RunAccounts:
         }
 
 
-def _roles(run: str, prefix: str) -> dict[str, list[dict[str, object]]]:
+def _roles(run: str, prefix: str, group: str) -> dict[str, list[dict[str, object]]]:
     readings = f"{prefix}sensors/+/readings"
     return {
         f"run-ingest-{run}": [
-            {"acltype": "subscribePattern", "topic": f"$share/ingest/{readings}", "allow": True},
+            {"acltype": "subscribePattern", "topic": f"$share/{group}/{readings}", "allow": True},
             # Beyond the real ingest role: its topics without the shared subscription, for the
             # tests of the MQTT session itself (tests/integration/test_mqtt_session.py).
             {"acltype": "subscribePattern", "topic": readings, "allow": True},
@@ -100,14 +101,16 @@ def _roles(run: str, prefix: str) -> dict[str, list[dict[str, object]]]:
 
 
 async def create(
-    run: str, prefix: str, settings: MqttAccountsSettings | None = None
+    run: str, prefix: str, settings: MqttAccountsSettings | None = None, *, group: str = "ingest"
 ) -> RunAccounts:
-    """The run's accounts, made again from nothing (an older run's of the same name deleted)."""
+    """The run's accounts, made again from nothing (an older run's of the same name deleted).
+    `group`: the share group of ingest's subscription; a run on the real topics of a shared
+    broker takes one of its own, since the real group has `make run`'s session in it."""
     settings = settings or MqttAccountsSettings()
     passwords = {kind: secrets.token_urlsafe(18) for kind in ("ingest", "fleet")}
     async with Control(settings) as control:
         await _delete(control, run)
-        for rolename, acls in _roles(run, prefix).items():
+        for rolename, acls in _roles(run, prefix, group).items():
             await control.one({"command": "createRole", "rolename": rolename, "acls": acls})
         for kind, password in passwords.items():
             await control.one(
@@ -129,6 +132,7 @@ async def create(
         ingest_password=passwords["ingest"],
         fleet_username=f"run-fleet-{run}",
         fleet_password=passwords["fleet"],
+        group=group,
     )
 
 

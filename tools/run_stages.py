@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from libs.common.db_accounts import LOCAL_HOST, LOCAL_PORT
+from libs.common.errors import ConfigurationError
 from libs.common.settings import PipelineSettings
 from tools.processes import ServiceProcess
 
@@ -61,6 +63,20 @@ async def _reachable(host: str, port: int) -> bool:
     return True
 
 
+def _database_logins() -> list[str]:
+    """Each stage's database DSN resolves (its role's password is there, or DATABASE_URL)."""
+    from services.enrich.settings import EnrichSettings
+    from services.store.settings import StoreSettings
+
+    problems = []
+    for name, settings in (("enrich", EnrichSettings()), ("store", StoreSettings())):
+        try:
+            settings.database_dsn()
+        except ConfigurationError as error:
+            problems.append(f"{name}: {error}")
+    return problems
+
+
 async def preflight(services: Sequence[ServiceProcess]) -> list[str]:
     """Problems that would make start-up fail slowly and vaguely: say them at once."""
     problems: list[str] = []
@@ -73,8 +89,10 @@ async def preflight(services: Sequence[ServiceProcess]) -> list[str]:
                 )
     settings = PipelineSettings()
     needs = [("Kafka", settings.kafka_bootstrap_servers.split(",")[0].strip())]
-    db = urlsplit(settings.database_url.get_secret_value())
-    needs.append(("PostgreSQL", f"{db.hostname or '127.0.0.1'}:{db.port or 5432}"))
+    db = urlsplit(settings.database_dsn().get_secret_value()) if settings.database_url else None
+    db_address = f"{db.hostname or LOCAL_HOST}:{db.port or LOCAL_PORT}" if db else None
+    needs.append(("PostgreSQL", db_address or f"{LOCAL_HOST}:{LOCAL_PORT}"))
+    problems += _database_logins()
     from services.ingest.settings import IngestSettings
 
     mqtt = urlsplit(IngestSettings().mqtt_url)

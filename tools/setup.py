@@ -23,6 +23,9 @@ log = structlog.get_logger("setup")
 
 class SetupSettings(PipelineSettings):
     service_name: str = "setup"
+    # The migrations run as the role that owns the tables (DDL); the services' roles only
+    # get their grants from them.
+    database_role: str = "migrator"
     # How long to wait for Kafka and the database to come up before giving up.
     setup_wait_s: float = 120.0
 

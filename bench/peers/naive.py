@@ -5,7 +5,8 @@ decode (the standard library's json), one validation (the pydantic model RawRead
 rules' ranges), the same derived fields as enrich, and one INSERT ... ON CONFLICT DO NOTHING
 per record, autocommitted. Offsets are committed after each fetched batch. This is the figure
 the batched, staged pipeline is meant to beat. `python -m bench.peers.naive`; settings from the
-services' environment variables (TOPIC_RAW, CONSUMER_GROUP, DATABASE_SCHEMA, DATABASE_URL).
+services' environment variables (TOPIC_RAW, CONSUMER_GROUP, DATABASE_SCHEMA, DATABASE_URL;
+without it, the registry is read as enrich's role and the rows written as store's).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
+from libs.common.db import connect
 from libs.common.lifecycle import run
 from libs.common.models import HEADER_RECEIVED_AT, HEADER_SOURCE, HEADER_TRACE_ID, RawReading
 from libs.common.settings import ConsumerSettings
@@ -72,13 +73,16 @@ def check(payload: bytes, headers: dict[str, bytes], rules: Rules) -> dict[str, 
 async def main(settings: ConsumerSettings, stop: asyncio.Event) -> None:
     rules = load_rules()
     await asyncio.to_thread(geo.preload)
-    conn = await asyncpg.connect(
-        settings.database_url.get_secret_value(),
-        server_settings={"search_path": f"{settings.database_schema},public"},
-    )
+    # As the roles of least privilege the stages have: the registry read as enrich, the rows
+    # written as store (one DATABASE_URL, if set, for both).
+    registry_conn = await connect(settings.model_copy(update={"database_role": "enrich"}))
     registry = DeviceRegistry()
-    # A Connection has fetch() as a Pool does, which is all load() uses.
-    await registry.load(conn)
+    try:
+        # A Connection has fetch() as a Pool does, which is all load() uses.
+        await registry.load(registry_conn)
+    finally:
+        await registry_conn.close()
+    conn = await connect(settings.model_copy(update={"database_role": "store"}))
     consumer = AIOKafkaConsumer(
         settings.topic_raw,
         bootstrap_servers=settings.kafka_bootstrap_servers,

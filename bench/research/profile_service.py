@@ -116,7 +116,7 @@ async def run(stage: str, records: int, seconds: float, console: Console, out: P
     await offsets.start()
     proc: Proc | None = None
     try:
-        conn = await connect_db(schema)
+        conn = await connect_db(schema, role="admin_api")  # the registry's writer
         try:
             await conn.executemany(
                 "INSERT INTO devices (device_id, model, site, owner) VALUES ($1, $2, $3, $4)",

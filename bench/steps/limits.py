@@ -110,7 +110,7 @@ async def pg_copy(bench: Bench) -> None:
     bench.schemas.append(schema)
     await create_schema(schema)
     rows = bench.data.rows
-    conn = await connect_db(schema)
+    conn = await connect_db(schema, role="store")
     try:
         backend = psutil.Process(await conn.fetchval("SELECT pg_backend_pid()"))
         cpu_before = _cpu(backend)

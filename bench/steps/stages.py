@@ -73,7 +73,7 @@ async def prepare(bench: Bench) -> None:
 
 
 async def register_devices(bench: Bench, schema: str) -> None:
-    conn = await connect_db(schema)
+    conn = await connect_db(schema, role="admin_api")  # the registry's writer
     try:
         await conn.executemany(
             "INSERT INTO devices (device_id, model, site, owner) VALUES ($1, $2, $3, $4) "

@@ -13,7 +13,7 @@
 # only. Settings (environment, with defaults):
 #   KAFKA_PORT=9092  KAFKA_SASL_PORT=9094  KAFKA_CONTROLLER_PORT=9093
 #   MQTT_PORT=1883  MQTT_TLS_PORT=8883
-#   PG_PORT=5432  PG_MAJOR=15
+#   PG_PORT=5432  PG_MAJOR=15  PG_PLAINTEXT=off (on: plain TCP for the owner role too; development)
 #   KEYCLOAK_PORT=8180  KEYCLOAK_MANAGEMENT_PORT=9190  KEYCLOAK_JAVA_HOME=(a JDK 21+, found if unset)
 #   KEYCLOAK_TLS=off (on: HTTPS with STACK_DIR/certs/keycloak.crt and .key)
 #   KAFKA_HEAP_OPTS="-Xmx512m -Xms256m"  STACK_START_TIMEOUT=120 (seconds, per server)
@@ -639,6 +639,9 @@ postgres_conf_port() { sed -n 's|^port = \([0-9]*\)|\1|p' "$(pg_base)/data/stack
 # prints a DSN with one.
 PG_LOGINS=(migrator store enrich reader admin_api audit_writer)
 PG_SECRETS="$STACK/secrets"
+# on: pg_hba.conf lets the development owner $DB_USER in over plain TCP as well (a development
+# switch, warned about by `up`); off (the default): TCP is TLS only, for every role.
+PG_PLAINTEXT=${PG_PLAINTEXT:-off}
 # Set by pg_configure when a file the running server reads on reload has changed.
 PG_CHANGED=0
 
@@ -689,7 +692,8 @@ EOF
   pg_put "$base/data/stack.conf.tmp" "$base/data/stack.conf"
 }
 
-# pg_render_hba BASE: who may connect how. The first matching line wins.
+# pg_render_hba BASE: who may connect how. The first matching line wins; a connection that
+# matches none is refused ("no pg_hba.conf entry ... no encryption" for plain TCP).
 pg_render_hba() {
   local base=$1
   cat >"$base/data/pg_hba.conf.tmp" <<EOF
@@ -698,16 +702,18 @@ pg_render_hba() {
 # The socket sits in a 0700 folder of the cluster's user: the set-up of 'up' as superuser.
 local      all          all                    trust
 local      replication  all                    trust
-# TCP with TLS, a password by SCRAM: every role.
+# TCP with TLS, a password by SCRAM: every role. Plain TCP matches no line: refused.
 hostssl    all          all      127.0.0.1/32  scram-sha-256
 hostssl    all          all      ::1/128       scram-sha-256
 hostssl    replication  all      127.0.0.1/32  scram-sha-256
-# Plain TCP for the owner role $DB_USER only, because the services, tools and tests still
-# connect so (DATABASE_URL without sslmode). The next step, once they connect with
-# sslmode=verify-full, removes these two lines: then TCP is hostssl only.
+EOF
+  if [[ $PG_PLAINTEXT == on ]]; then
+    cat >>"$base/data/pg_hba.conf.tmp" <<EOF
+# PG_PLAINTEXT=on, a development switch: plain TCP for the development owner $DB_USER only.
 hostnossl  all          $DB_USER  127.0.0.1/32  scram-sha-256
 hostnossl  all          $DB_USER  ::1/128       scram-sha-256
 EOF
+  fi
   pg_put "$base/data/pg_hba.conf.tmp" "$base/data/pg_hba.conf"
 }
 
@@ -841,6 +847,10 @@ $(pg_logins_sql)
 \connect $DB_NAME
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS timescaledb;
+-- The migrator (tools.setup) creates the schemas and the tables, public's included: PostgreSQL
+-- 15 gives no role but the database's owner CREATE on public.
+GRANT CREATE ON DATABASE "$DB_NAME" TO pipeline_migrator;
+GRANT USAGE, CREATE ON SCHEMA public TO pipeline_migrator;
 EOF
   # Over TCP as a client will: TLS verified against the local CA (the certificate names
   # 127.0.0.1), a password. Retried a moment, as a reload reaches new backends asynchronously.
@@ -854,6 +864,11 @@ EOF
   done
   [[ -n $v ]] || die "cannot log in as $DB_USER over TLS (sslmode=verify-full) with its password, or timescaledb is not in $DB_NAME"
   note "PostgreSQL: ready (postgresql://$DB_USER:***@127.0.0.1:$PG_PORT/$DB_NAME, TLS on, timescaledb $v)"
+  if [[ $PG_PLAINTEXT == on ]]; then
+    note "WARNING: PG_PLAINTEXT=on: '$DB_USER' may connect over plain TCP (password and data unencrypted); for development only"
+  else
+    note "PostgreSQL: plain TCP refused for every role (PG_PLAINTEXT=on allows it for '$DB_USER', for development)"
+  fi
 }
 
 # ---------------------------------------------------------------- Keycloak

@@ -46,23 +46,77 @@ def _server_settings(settings: PipelineSettings) -> dict[str, str]:
     }
 
 
-def tls_for(settings: PipelineSettings) -> ssl.SSLContext | None:
-    """The `ssl` argument for asyncpg: None leaves TLS to the DSN, as libpq reads it.
+def insecure_reason(dsn: str) -> str | None:
+    """Why a DSN does not check the server's identity, or None for sslmode=verify-full.
 
-    asyncpg (0.32) honours `sslmode` and `sslrootcert` in the DSN: verify-full checks the
-    chain and the host name, TLS 1.2 at least. Only `sslmode=verify-full` without a root
-    certificate (neither `sslrootcert` nor PGSSLROOTCERT) is taken differently: asyncpg would
-    look for ~/.postgresql/root.crt; here it means the CA of TLS_CA_FILE (the local stack's by
-    default), with libs.common.tls's context, which checks the same things.
+    sslmode as asyncpg reads it: the DSN's, else PGSSLMODE, else asyncpg's default `prefer`.
     """
-    query = parse_qs(urlsplit(settings.database_url.get_secret_value()).query)
+    query = parse_qs(urlsplit(dsn).query)
+    mode = (query.get("sslmode") or [os.environ.get("PGSSLMODE") or "prefer"])[-1]
+    if mode == "verify-full":
+        return None
+    if mode == "verify-ca":
+        return (
+            "sslmode=verify-ca checks the certificate's chain but not that it names the host "
+            "connected to"
+        )
+    if mode == "disable":
+        return "sslmode=disable: no TLS at all, the password and the data cross in plaintext"
+    return (
+        f"sslmode={mode}: TLS, if any, with no check of the server's certificate, so any "
+        "server (a man in the middle) is taken for the database"
+    )
+
+
+_WARNED: set[str] = set()
+
+
+def warn_if_insecure(dsn: str, service: str) -> None:
+    """Once per process and reason: a DATABASE_URL that does not verify the server is a
+    development switch, and start-up says so."""
+    reason = insecure_reason(dsn)
+    if reason is None or reason in _WARNED:
+        return
+    _WARNED.add(reason)
+    log.warning(
+        "DATABASE_URL does not verify the database server's identity: use it for development "
+        "only; give sslmode=verify-full (and sslrootcert or TLS_CA_FILE), or unset DATABASE_URL "
+        "to connect as DATABASE_ROLE with TLS verified",
+        reason=reason,
+        service=service,
+    )
+
+
+def _tls_for_dsn(dsn: str, ca: Path | None) -> ssl.SSLContext | None:
+    query = parse_qs(urlsplit(dsn).query)
     if (
         query.get("sslmode") == ["verify-full"]
         and "sslrootcert" not in query
         and not os.environ.get("PGSSLROOTCERT")
     ):
-        return client_context(settings.tls_ca_file)
+        return client_context(ca)
     return None
+
+
+def tls_for(settings: PipelineSettings) -> ssl.SSLContext | None:
+    """The `ssl` argument for asyncpg: None leaves TLS to the DSN, as libpq reads it.
+
+    asyncpg (0.32) honours `sslmode` and `sslrootcert` in the DSN: verify-full checks the
+    chain and the host name, TLS 1.2 at least (the roles' DSNs of libs.common.db_accounts carry
+    both). Only `sslmode=verify-full` without a root certificate (neither `sslrootcert` nor
+    PGSSLROOTCERT) is taken differently: asyncpg would look for ~/.postgresql/root.crt; here it
+    means the CA of TLS_CA_FILE (the local stack's by default), with libs.common.tls's context,
+    which checks the same things.
+    """
+    return _tls_for_dsn(settings.database_dsn().get_secret_value(), settings.tls_ca_file)
+
+
+def dsn_and_tls(settings: PipelineSettings) -> tuple[str, ssl.SSLContext | None]:
+    """The DSN a client of these settings connects with (DATABASE_URL, else its role's), with
+    the warning when it does not verify the server, and asyncpg's `ssl` argument for it."""
+    dsn = settings.database_dsn().get_secret_value()
+    warn_if_insecure(dsn, settings.service_name)
+    return dsn, _tls_for_dsn(dsn, settings.tls_ca_file)
 
 
 def _untrusted(error: ssl.SSLCertVerificationError) -> ConfigurationError:
@@ -75,12 +129,13 @@ def _untrusted(error: ssl.SSLCertVerificationError) -> ConfigurationError:
 
 
 async def connect(settings: PipelineSettings) -> asyncpg.Connection:
+    dsn, tls = dsn_and_tls(settings)
     try:
         return await asyncpg.connect(
-            settings.database_url.get_secret_value(),
+            dsn,
             server_settings=_server_settings(settings),
             timeout=10,
-            ssl=tls_for(settings),
+            ssl=tls,
         )
     except ssl.SSLCertVerificationError as error:
         raise _untrusted(error) from error
@@ -91,15 +146,16 @@ async def connect(settings: PipelineSettings) -> asyncpg.Connection:
 async def create_pool(
     settings: PipelineSettings, *, size: int = 4, init: Callable[..., Any] | None = None
 ) -> asyncpg.Pool:
+    dsn, tls = dsn_and_tls(settings)
     try:
         pool = await asyncpg.create_pool(
-            settings.database_url.get_secret_value(),
+            dsn,
             min_size=1,
             max_size=size,
             server_settings=_server_settings(settings),
             timeout=10,
             init=init,
-            ssl=tls_for(settings),
+            ssl=tls,
         )
     except ssl.SSLCertVerificationError as error:
         raise _untrusted(error) from error

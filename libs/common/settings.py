@@ -19,8 +19,12 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from libs.common.db_accounts import ROLES, dsn_for
 from libs.common.errors import ConfigurationError
 
+# The local stack's development owner of the database (deploy/local/common.sh's DB_USER, with
+# its well-known password; docs/security.md): the DSN of docs/architecture.md's start-up table.
+# No client's default: each one connects as its own role (database_role below).
 DEFAULT_DATABASE_URL = "postgresql://sensors:sensors@127.0.0.1:5432/sensors"
 
 
@@ -68,7 +72,14 @@ class PipelineSettings(BaseSettings):
     topic_dlq: str = "sensor-data-errors"
     topic_partitions: int = Field(default=6, ge=1, le=1024)
     topic_replication_factor: int = Field(default=1, ge=1, le=16)
-    database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
+    # Set (or DATABASE_URL_FILE), it is the DSN, whatever database_role says; one without
+    # sslmode=verify-full is warned about at start-up (libs.common.db). None: the DSN of
+    # database_role's login user of the local stack, TLS verified against TLS_CA_FILE
+    # (libs.common.db_accounts.dsn_for, resolved when connecting: no committed password).
+    database_url: SecretStr | None = None
+    # The role of least privilege this client connects as (migration 0003): each service class
+    # names its own; reader (SELECT only) for the rest.
+    database_role: str = "reader"
     # The schema holding the pipeline's tables (tests use one schema each).
     database_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     # The CA the clients trust for the servers' certificates. None: the local stack's CA,
@@ -141,11 +152,27 @@ class PipelineSettings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
         scheme = urlsplit(value.get_secret_value()).scheme
         if scheme not in {"postgresql", "postgres"}:
             raise ValueError("database_url must be a postgresql:// URL")
         return value
+
+    @field_validator("database_role")
+    @classmethod
+    def _known_role(cls, value: str) -> str:
+        if value not in ROLES:
+            raise ValueError(f"database_role must be one of {', '.join(ROLES)}")
+        return value
+
+    def database_dsn(self) -> SecretStr:
+        """DATABASE_URL if set, else database_role's verify-full DSN of the local stack (its
+        password read now from the stack's secrets; ConfigurationError if it is missing)."""
+        if self.database_url is not None:
+            return self.database_url
+        return SecretStr(dsn_for(self.database_role, self))
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

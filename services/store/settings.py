@@ -11,6 +11,8 @@ class StoreSettings(ConsumerSettings):
     service_name: str = "store"
     http_port: int = Field(default=8083, ge=1, le=65535)
     consumer_group: str = "store"
+    # Its login user of least privilege: INSERT, SELECT on sensor_readings (migration 0003).
+    database_role: str = "store"
     # A batch is written when it holds this many rows or its oldest waited this long. Under
     # load a batch fills from what the consumer fetched while the previous one was written, so
     # the wait only matters when store has caught up: then it is the store leg's latency

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 
 from libs.common.db import connect, migrate
+from libs.common.db_accounts import dsn_for
 from libs.common.kafka import ensure_topics
+from services.enrich.settings import EnrichSettings
+from services.store.settings import StoreSettings
 from tools import mqtt_run_accounts as run_accounts
 from tools.mqtt_accounts import MqttAccountsSettings
 from tools.mqtt_run_accounts import blocking
 from tools.names import Names
 from tools.processes import REPO_ROOT as REPO_ROOT  # re-exported: tests find files by it
 from tools.processes import ProcessError, ServiceProcess, free_port
+
+# The database role each stage that uses PostgreSQL connects as: its settings' own default.
+STAGE_ROLES: dict[str, str] = {
+    "enrich": EnrichSettings.model_fields["database_role"].default,
+    "store": StoreSettings.model_fields["database_role"].default,
+}
 
 
 class Service:
@@ -91,9 +101,13 @@ class Chain:
         *,
         shared_topic: bool = False,
         mqtt: MqttAccountsSettings | None = None,
+        database: Callable[[str], str] = dsn_for,
     ) -> None:
         self.suffix = suffix
         self.log_dir = log_dir
+        # role -> DSN: each stage gets its own role's DATABASE_URL (the local stack's by
+        # default; a private stack passes its own secrets), never one shared account.
+        self.database = database
         # Devices' topics of this chain alone (t-<suffix>/sensors/<id>/readings), so that tests
         # running beside each other on one broker do not take each other's readings; a chain
         # with `shared_topic` (a private stack) uses the real topics. Either way over TLS,
@@ -129,7 +143,9 @@ class Chain:
         self._ports[name], self._stages[name] = port, stage
         self._starts[name] = self._starts.get(name, 0) + 1
         log_name = f"{name}.{self._starts[name]}"
-        service = start(stage, port, self.env | env, self.log_dir, log_name)
+        role = STAGE_ROLES.get(stage)
+        database = {"DATABASE_URL": self.database(role)} if role else {}
+        service = start(stage, port, self.env | database | env, self.log_dir, log_name)
         self.services[name] = service
         return service
 
@@ -165,7 +181,7 @@ class Chain:
 async def prepare_topics_and_schema(names: Names, partitions: int = 3) -> None:
     """What the `topics` and `schema` fixtures do, for a fixture wider than one test."""
     await ensure_topics(names.settings(topic_partitions=partitions))
-    conn = await connect(names.settings())
+    conn = await connect(names.settings(database_role="migrator"))
     try:
         await migrate(conn, names.schema())
     finally:
@@ -173,7 +189,7 @@ async def prepare_topics_and_schema(names: Names, partitions: int = 3) -> None:
 
 
 async def drop_schema(names: Names) -> None:
-    conn = await connect(names.settings())
+    conn = await connect(names.settings(database_role="migrator"))
     try:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{names.schema()}" CASCADE')
     finally:

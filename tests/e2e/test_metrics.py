@@ -117,7 +117,7 @@ async def send(chain: Chain) -> None:
 
 
 async def stored_rows(names: Names, expected: int, timeout_s: float = 60) -> int:
-    conn = await connect_to_schema(names.schema())
+    conn = await connect_to_schema(names.schema(), role="reader")
     try:
         async with asyncio.timeout(timeout_s):
             while (n := await conn.fetchval("SELECT count(*) FROM sensor_readings")) < expected:

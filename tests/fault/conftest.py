@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from libs.common.db import connect, migrate
+from libs.common.db_accounts import role_dsn
 from libs.common.kafka import ensure_topics
 from libs.common.settings import PipelineSettings
 from tests.conftest import Names, connect_to_schema
@@ -32,7 +33,23 @@ PORTS = {
     "PG_PORT": 25432,
 }
 KAFKA = f"127.0.0.1:{PORTS['KAFKA_PORT']}"
-DATABASE_URL = f"postgresql://sensors:sensors@127.0.0.1:{PORTS['PG_PORT']}/sensors"
+FAULT_CA = STACK_DIR / "certs" / "ca.crt"
+# This stack's development owner (a well-known password), verified against this stack's CA: the
+# tests' own look at the tables. The stages connect as their roles, with this stack's secrets.
+DATABASE_URL = (
+    f"postgresql://sensors:sensors@127.0.0.1:{PORTS['PG_PORT']}/sensors"
+    f"?sslmode=verify-full&sslrootcert={FAULT_CA}"
+)
+
+
+def fault_dsn(role: str) -> str:
+    """A role's DSN on this stack: its password from this stack's secrets folder (its `up`
+    generated them), TLS verified against this stack's CA."""
+    return role_dsn(
+        role, port=PORTS["PG_PORT"], ca_file=FAULT_CA, secrets_dir=STACK_DIR / "secrets"
+    )
+
+
 SERVERS = ("kafka", "mosquitto", "postgres")
 
 
@@ -42,8 +59,7 @@ class FaultStack:
     env = {"STACK_DIR": str(STACK_DIR), **{k: str(v) for k, v in PORTS.items()}}
     client_env = {
         "KAFKA_BOOTSTRAP_SERVERS": KAFKA,
-        "TLS_CA_FILE": str(STACK_DIR / "certs" / "ca.crt"),
-        "DATABASE_URL": DATABASE_URL,
+        "TLS_CA_FILE": str(FAULT_CA),
     }
 
     def _stack(self, command: str) -> None:
@@ -102,7 +118,10 @@ def fault_stack() -> Iterator[FaultStack]:
 @pytest.fixture
 async def fault_names(fault_stack: FaultStack, names: Names) -> AsyncIterator[Names]:
     settings = names.settings(
-        kafka_bootstrap_servers=KAFKA, database_url=DATABASE_URL, topic_partitions=6
+        kafka_bootstrap_servers=KAFKA,
+        database_url=fault_dsn("migrator"),
+        tls_ca_file=FAULT_CA,
+        topic_partitions=6,
     )
     await ensure_topics(settings)
     conn = await connect(settings)
@@ -144,6 +163,7 @@ def fault_chain(fault_names: Names, request: pytest.FixtureRequest) -> Iterator[
         log_dir,
         shared_topic=True,
         mqtt=MqttAccountsSettings(stack_dir=STACK_DIR, mqtt_tls_port=PORTS["MQTT_TLS_PORT"]),
+        database=fault_dsn,
     )
     try:
         yield chain
@@ -151,8 +171,10 @@ def fault_chain(fault_names: Names, request: pytest.FixtureRequest) -> Iterator[
         chain.stop_all()
 
 
-def fault_settings(names: Names) -> PipelineSettings:
-    return names.settings(kafka_bootstrap_servers=KAFKA, database_url=DATABASE_URL)
+def fault_settings(names: Names, role: str = "reader") -> PipelineSettings:
+    return names.settings(
+        kafka_bootstrap_servers=KAFKA, database_url=fault_dsn(role), tls_ca_file=FAULT_CA
+    )
 
 
 def record_figures(name: str, figures: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ async def test_the_readings_table_is_a_hypertable_on_time_and_device_id(
 
 
 async def test_migrating_twice_changes_nothing(names: Names, schema: str) -> None:
-    conn = await connect(names.settings())
+    conn = await connect(names.settings(database_role="migrator"))
     try:
         assert await migrate(conn, schema) == []
     finally:
@@ -56,7 +56,7 @@ def enriched(device: str, minute: int, **fields: object) -> dict[str, object]:
 async def test_writing_the_same_batch_twice_stores_each_reading_once(
     names: Names, db: asyncpg.Connection
 ) -> None:
-    settings = names.settings()
+    settings = names.settings(database_role="store")
     pool = await create_pool(settings, size=2, init=prepare_connection)
     rows = [to_row(enriched(f"dev-{d}", m)) for d in range(3) for m in range(100)]
     try:
@@ -75,7 +75,7 @@ async def test_writing_the_same_batch_twice_stores_each_reading_once(
 
 
 async def test_a_row_the_database_refuses_is_a_permanent_error(names: Names, schema: str) -> None:
-    settings = names.settings()
+    settings = names.settings(database_role="store")
     pool = await create_pool(settings, size=1, init=prepare_connection)
     try:
         with pytest.raises(StorageRejected):
@@ -87,7 +87,7 @@ async def test_a_row_the_database_refuses_is_a_permanent_error(names: Names, sch
 async def test_a_batch_written_again_leaves_every_row_as_it_was(
     names: Names, db: asyncpg.Connection
 ) -> None:
-    pool = await create_pool(names.settings(), size=1, init=prepare_connection)
+    pool = await create_pool(names.settings(database_role="store"), size=1, init=prepare_connection)
     rows = [to_row(enriched("dev-1", m)) for m in range(50)]
     try:
         assert await write_rows(pool, rows) == 50
@@ -102,7 +102,7 @@ async def test_a_batch_written_again_leaves_every_row_as_it_was(
 async def test_a_reading_twice_in_one_batch_is_stored_once(
     names: Names, db: asyncpg.Connection
 ) -> None:
-    pool = await create_pool(names.settings(), size=1, init=prepare_connection)
+    pool = await create_pool(names.settings(database_role="store"), size=1, init=prepare_connection)
     rows = [to_row(enriched("dev-1", m)) for m in range(10)]
     try:
         assert await write_rows(pool, rows + rows[3:4]) == 10
@@ -112,7 +112,7 @@ async def test_a_reading_twice_in_one_batch_is_stored_once(
 
 
 async def test_a_value_of_the_wrong_type_is_a_permanent_error(names: Names, schema: str) -> None:
-    pool = await create_pool(names.settings(), size=1, init=prepare_connection)
+    pool = await create_pool(names.settings(database_role="store"), size=1, init=prepare_connection)
     try:
         with pytest.raises(StorageRejected):
             await write_rows(pool, [to_row(enriched("dev-1", 0, temperature="hot"))])

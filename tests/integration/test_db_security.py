@@ -14,12 +14,16 @@ import pytest
 
 from libs.common.db import connect, create_pool, migrate, migration_files
 from libs.common.errors import ConfigurationError
+from libs.common.settings import PipelineSettings
 from libs.common.tls import local_ca_file
 from services.enrich.registry import DeviceRegistry
+from services.enrich.settings import EnrichSettings
+from services.store.settings import StoreSettings
 from services.store.silence import count_silent_devices
 from services.store.writer import prepare_connection, to_row, write_rows
 from tests.conftest import DATABASE_URL, PG, Names, connect_to_schema
 from tools.db_accounts import dsn_for
+from tools.setup import SetupSettings
 
 pytestmark = pytest.mark.integration
 
@@ -152,6 +156,33 @@ async def test_the_store_role_writes_readings_with_the_stores_writer_and_nothing
     await refused(store, "ALTER TABLE sensor_readings ADD COLUMN x int")
     await refused(store, "SELECT owner FROM devices")
     await refused(store, "INSERT INTO devices (device_id) VALUES ('dev-x')")
+
+
+@pytest.mark.parametrize(
+    ("settings_class", "role"),
+    [(StoreSettings, "store"), (EnrichSettings, "enrich"), (SetupSettings, "migrator")]
+    + [(PipelineSettings, "reader")],
+)
+async def test_with_no_database_settings_each_client_is_its_own_role_over_verified_tls(
+    schema: str,
+    settings_class: type[PipelineSettings],
+    role: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for variable in ("DATABASE_URL", "DATABASE_URL_FILE", "DATABASE_ROLE"):
+        monkeypatch.delenv(variable, raising=False)
+    # The service's own pool, from its settings class alone (python -m services.store).
+    pool = await create_pool(settings_class(database_schema=schema), size=1)
+    try:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT current_user") == role
+            ssl_on, version = await tls_of(conn)
+            assert ssl_on and version in TLS_VERSIONS
+            if role == "store":
+                await refused(conn, "UPDATE sensor_readings SET temperature = 99")
+                await refused(conn, "ALTER TABLE sensor_readings ADD COLUMN x int")
+    finally:
+        await pool.close()
 
 
 async def test_the_reader_role_reads_every_table_and_writes_none(

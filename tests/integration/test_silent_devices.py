@@ -29,7 +29,7 @@ async def test_only_registered_devices_whose_newest_reading_is_too_old_count_as_
             (now - timedelta(hours=5), "unregistered"),
         ],
     )
-    pool = await create_pool(names.settings(), size=1)
+    pool = await create_pool(names.settings(database_role="store"), size=1)
     try:
         assert await count_silent_devices(pool, after_s=900) == 1
         assert await count_silent_devices(pool, after_s=30) == 2

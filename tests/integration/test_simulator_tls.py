@@ -19,12 +19,13 @@ import pytest
 from pydantic import SecretStr
 
 from libs.common.kafka import ensure_topics
-from tests.conftest import MQTT_HOST, MQTT_PORT
 from tests.e2e.processes import Service, start
 from tests.integration.kafka_helpers import settle_and_read
+from tools import mqtt_run_accounts as run_accounts
 from tools import simulate as sim
 from tools.fleet import Transport
 from tools.mqtt_accounts import MqttAccountsSettings, register_device, revoke_device
+from tools.mqtt_run_accounts import blocking
 from tools.names import Names
 from tools.processes import free_port
 
@@ -54,15 +55,13 @@ def prefix(names: Names) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def ingest(names: Names, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """ingest as a process on the module's topics and its own free HTTP and HTTPS ports; its
-    MQTT subscription is a share group of its own (not the other ingests' `ingest` group), on
-    the plaintext listener, because ingest's account may take only `$share/ingest/...`; the
-    devices publish over TLS with their accounts into the same topic space."""
-    env = names.env() | {
-        "MQTT_URL": f"mqtt://{MQTT_HOST}:{MQTT_PORT}",
-        "MQTT_TOPIC": f"$share/t-{names.run_id}/sensors/+/readings",
-        "MQTT_CLIENT_ID": f"ingest-{names.run_id}",
-    }
+    """ingest as a process on the module's topics and its own free HTTP and HTTPS ports,
+    subscribed over TLS with an account of this module's own to the real devices' topics,
+    in a share group of its own (the real `ingest` group has `make run`'s session in it)."""
+    run = f"sim-{names.run_id}"
+    accounts = blocking(run_accounts.create(run, "", group=f"t-{names.run_id}"))
+    client_id = f"ingest-{names.run_id}"
+    env = names.env() | accounts.ingest_env() | {"MQTT_CLIENT_ID": client_id}
     service = start("ingest", free_port(), env, tmp_path_factory.mktemp("ingest"))
     assert service.proc.https_port is not None
     service.wait_ready()
@@ -70,6 +69,8 @@ def ingest(names: Names, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         yield service
     finally:
         service.terminate()
+        blocking(run_accounts.forget_session(accounts, client_id))
+        blocking(run_accounts.delete(run))
 
 
 def config(ingest: Service, prefix: str, **overrides: object) -> sim.SimConfig:

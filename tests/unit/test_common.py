@@ -37,9 +37,9 @@ def test_the_defaults_point_at_the_local_stack_of_the_architecture(
         monkeypatch.delenv(name.upper(), raising=False)
     settings = PipelineSettings()
     assert settings.kafka_bootstrap_servers == "127.0.0.1:9092"
-    assert settings.database_url.get_secret_value() == (
-        "postgresql://sensors:sensors@127.0.0.1:5432/sensors"
-    )
+    # No DATABASE_URL: a role's verify-full DSN of the local stack, resolved when connecting
+    # (tests/unit/test_db_accounts.py); reader, SELECT only, unless the class names another.
+    assert settings.database_url is None and settings.database_role == "reader"
     assert (
         settings.topic_raw,
         settings.topic_validated,

@@ -21,7 +21,7 @@ import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -30,7 +30,8 @@ from packaging.version import Version
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
-from libs.common.settings import DEFAULT_DATABASE_URL, PipelineSettings
+from libs.common.db_accounts import ROLES
+from libs.common.settings import DEFAULT_DATABASE_URL, PipelineSettings, is_secret
 from services.enrich.settings import EnrichSettings
 from services.ingest.settings import IngestSettings
 from services.store.settings import StoreSettings
@@ -92,8 +93,15 @@ MODULE_OF = {
 
 
 def env_names(settings: type[BaseSettings]) -> set[str]:
+    """Every variable the class reads: its fields, and NAME_FILE for a secret one."""
     prefix = str(settings.model_config.get("env_prefix") or "")
-    return {(prefix + name).upper() for name in settings.model_fields}
+    names = {(prefix + name).upper() for name in settings.model_fields}
+    secrets = {
+        f"{prefix}{name}_FILE".upper()
+        for name, field in settings.model_fields.items()
+        if is_secret(field)
+    }
+    return names | secrets
 
 
 def unknown_env_vars(names: set[str] | list[str], settings: type[BaseSettings]) -> list[str]:
@@ -110,8 +118,13 @@ def default(settings: type[BaseSettings], field: str) -> Any:
 def build_settings(settings: type[BaseSettings], env: dict[str, str]) -> BaseSettings:
     prefix = str(settings.model_config.get("env_prefix") or "")
     # model_validate: the values given and the defaults, not the environment of the test run.
+    # A secret's NAME_FILE names a file of the container: not read here.
     return settings.model_validate(
-        {name[len(prefix) :].lower(): value for name, value in env.items()}
+        {
+            name[len(prefix) :].lower(): value
+            for name, value in env.items()
+            if not name.endswith("_FILE")
+        }
     )
 
 
@@ -203,7 +216,8 @@ def test_compose_env_values_are_accepted_by_the_settings_classes(name: str) -> N
     env = compose_env(name)
     settings = build_settings(SETTINGS_OF[name], env)
     for key, value in env.items():
-        assert as_text(getattr(settings, key.lower())) == value, (name, key)
+        if not key.endswith("_FILE"):
+            assert as_text(getattr(settings, key.lower())) == value, (name, key)
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
@@ -264,23 +278,72 @@ def test_compose_topic_names_and_consumer_groups_match_the_settings_defaults() -
     assert checked >= len(TOPIC_VARS) * len(STAGES)
 
 
-def test_compose_database_matches_the_default_database_url() -> None:
+PG_COMPOSE = ROOT / "deploy" / "postgres"
+CREDENTIALS_AT = "/run/pipeline"
+
+
+def hba_rules(path: Path) -> list[list[str]]:
+    lines = path.read_text().splitlines()
+    return [line.split() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_compose_database_is_tls_only_with_the_owner_of_the_default_database_url() -> None:
     url = urlsplit(DEFAULT_DATABASE_URL)
     db = compose_env("timescaledb")
     assert db["POSTGRES_USER"] == url.username
     assert db["POSTGRES_PASSWORD"] == url.password
     assert db["POSTGRES_DB"] == url.path.lstrip("/")
-    users = [name for name in APP_SERVICES if "DATABASE_URL" in compose_env(name)]
-    assert {"setup", "enrich", "store"} <= set(users)
-    for name in users:
-        used = urlsplit(compose_env(name)["DATABASE_URL"])
-        assert (used.scheme, used.username, used.password, used.path) == (
-            url.scheme,
-            url.username,
-            url.password,
-            url.path,
-        ), name
-        assert (used.hostname, used.port) == ("timescaledb", url.port), name
+    command = command_of(compose_service("timescaledb")["command"])
+    options = {command[i + 1] for i, part in enumerate(command) if part == "-c"}
+    assert {"ssl=on", "ssl_min_protocol_version=TLSv1.2", "password_encryption=scram-sha-256"} <= (
+        options
+    )
+    hba_file = next(o.split("=", 1)[1] for o in options if o.startswith("hba_file="))
+    assert mounts("timescaledb")[hba_file] == "./deploy/postgres/pg_hba.conf"
+    rules = hba_rules(PG_COMPOSE / "pg_hba.conf")
+    # No `host` nor `hostnossl`: plain TCP matches no line, refused.
+    assert {rule[0] for rule in rules} == {"local", "hostssl"}
+    assert {rule[-1] for rule in rules if rule[0] == "hostssl"} == {"scram-sha-256"}
+    for option in ("ssl_cert_file", "ssl_key_file"):
+        path = next(o.split("=", 1)[1] for o in options if o.startswith(option + "="))
+        assert path.startswith("/var/lib/postgresql/pipeline/")
+    entrypoint = (PG_COMPOSE / "compose-entrypoint.sh").read_text()
+    assert "/var/lib/postgresql/pipeline" in entrypoint and "docker-entrypoint.sh" in entrypoint
+
+
+def test_compose_stages_connect_as_their_own_roles_with_verify_full_dsn_files() -> None:
+    users = {name for name in APP_SERVICES if "DATABASE_URL_FILE" in compose_env(name)}
+    assert users == {"setup", "enrich", "store"}
+    roles = set()
+    for name in sorted(users):
+        env = compose_env(name)
+        assert "DATABASE_URL" not in env, name  # no DSN, no password in the compose file
+        role = default(SETTINGS_OF[name], "database_role")
+        roles.add(role)
+        assert env["DATABASE_URL_FILE"] == f"{CREDENTIALS_AT}/database/{role}.url", name
+        assert mounts(name)[CREDENTIALS_AT] == "pipeline-credentials", name
+        condition = compose_service(name)["depends_on"].get("db-credentials", {})
+        if name == "setup":
+            assert condition == {"condition": "service_completed_successfully"}
+    assert roles == {"migrator", "enrich", "store"}
+    # db-credentials writes those files: tools.credentials, host and port of compose's server.
+    maker = compose_service("db-credentials")
+    location = urlsplit(maker["environment"]["DATABASE_URL"])
+    assert (location.username, location.password) == (None, None)
+    assert (location.hostname, location.port, location.path) == ("timescaledb", 5432, url_path())
+    assert maker["environment"]["TLS_CA_FILE"] == f"{CREDENTIALS_AT}/ca.crt"
+    script = (PG_COMPOSE / "compose-credentials.sh").read_text()
+    assert "tools.credentials database" in script
+    for role in roles:
+        assert re.search(rf"for role in [^;]*\b{role}\b", script), role
+    # ... and the server has each role's login user (its first start).
+    init = (PG_COMPOSE / "init-roles.sh").read_text()
+    for role in roles:
+        assert re.search(rf"for name in [^;]*\b{role}\b", init), role
+
+
+def url_path() -> str:
+    return urlsplit(DEFAULT_DATABASE_URL).path
 
 
 def test_compose_simulator_posts_to_the_ingest_container_and_publishes_to_mosquitto() -> None:
@@ -450,7 +513,15 @@ def test_compose_grafana_provisions_datasources_that_reach_compose_services() ->
     assert timescale["user"] == compose_env("timescaledb")["POSTGRES_USER"] == database.username
     assert timescale["secureJsonData"]["password"] == database.password
     assert timescale["jsonData"]["database"] == compose_env("timescaledb")["POSTGRES_DB"]
-    assert set(compose_service("grafana")["depends_on"]) == {"prometheus", "timescaledb"}
+    assert set(compose_service("grafana")["depends_on"]) == {
+        "prometheus",
+        "timescaledb",
+        "db-credentials",
+    }
+    # compose's TimescaleDB is TLS only: verified against the CA db-credentials copies.
+    assert timescale["jsonData"]["sslmode"] == "verify-full"
+    assert timescale["jsonData"]["sslRootCertFile"] == f"{CREDENTIALS_AT}/ca.crt"
+    assert mounts("grafana")[CREDENTIALS_AT] == "pipeline-credentials"
 
 
 def _advertised_listeners() -> dict[str, str]:
@@ -813,7 +884,8 @@ def test_k8s_env_values_are_accepted_by_the_settings_classes(name: str, kind: st
     env = {key: value for key, value in k8s_env(name, kind).items() if value is not None}
     settings = build_settings(SETTINGS_OF[name], env)
     for key, value in env.items():
-        assert as_text(getattr(settings, key.lower())) == value, (name, key)
+        if not key.endswith("_FILE"):
+            assert as_text(getattr(settings, key.lower())) == value, (name, key)
 
 
 @pytest.mark.parametrize("name", list(STAGES))
@@ -905,19 +977,37 @@ def test_k8s_pods_have_memory_limits_and_time_to_drain_on_sigterm(name: str, kin
     assert spec["securityContext"]["runAsNonRoot"] is True
 
 
-def test_k8s_database_secret_uses_the_default_database_credentials() -> None:
+K8S_CA_AT = "/etc/pipeline/ca"
+PLACEHOLDER = "REPLACE-ME"
+
+
+def test_k8s_workloads_connect_as_their_own_roles_with_verify_full_dsn_files() -> None:
     url = urlsplit(DEFAULT_DATABASE_URL)
     [secret] = k8s("Secret").values()
-    used = urlsplit(secret["stringData"]["DATABASE_URL"])
-    assert (used.scheme, used.username, used.password, used.path) == (
-        url.scheme,
-        url.username,
-        url.password,
-        url.path,
-    )
-    assert used.port == ARCHITECTURE_PORTS["timescaledb"]
-    readers = {name for name, kind in K8S_WORKLOADS if "DATABASE_URL" in k8s_env(name, kind)}
-    assert readers == {"enrich", "store", "setup"}
+    users = {name for name, kind in K8S_WORKLOADS if "DATABASE_URL_FILE" in k8s_env(name, kind)}
+    assert users == {"enrich", "store", "setup"}
+    for name, kind in K8S_WORKLOADS:
+        if name not in users:
+            continue
+        env = k8s_env(name, kind)
+        assert "DATABASE_URL" not in env, name
+        role = default(SETTINGS_OF[name], "database_role")
+        mount, _, file_name = str(env["DATABASE_URL_FILE"]).rpartition("/")
+        by_path = {m["mountPath"]: m["name"] for m in container(name, kind)["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod_spec(name, kind)["volumes"]}
+        source = volumes[by_path[mount]]["secret"]
+        assert source["secretName"] == secret["metadata"]["name"], name
+        assert source["items"] == [{"key": f"{role}.url", "path": file_name}], name
+        assert volumes[by_path[K8S_CA_AT]]["configMap"]["name"] == "pipeline-database-ca"
+        used = urlsplit(secret["stringData"][f"{role}.url"])
+        assert (used.scheme, used.username, used.password) == (url.scheme, role, PLACEHOLDER)
+        assert (used.port, used.path) == (ARCHITECTURE_PORTS["timescaledb"], url.path), name
+        assert parse_qs(used.query) == {
+            "sslmode": ["verify-full"],
+            "sslrootcert": [f"{K8S_CA_AT}/ca.crt"],
+        }, name
+    [ca] = [doc for doc in k8s("ConfigMap").values() if doc["metadata"]["name"].endswith("-ca")]
+    assert set(ca["data"]) == {"ca.crt"}
 
 
 # --- all deployment files ------------------------------------------------------------------------
@@ -926,6 +1016,7 @@ def test_k8s_database_secret_uses_the_default_database_credentials() -> None:
 def deploy_files() -> list[Path]:
     files = [COMPOSE_FILE, DOCKERFILE, DOCKERIGNORE, MOSQUITTO_CONF, *sorted(K8S_DIR.iterdir())]
     files += sorted(PROMETHEUS_DIR.rglob("*")) + sorted(GRAFANA_DIR.rglob("*"))
+    files += sorted(PG_COMPOSE.iterdir())
     return [path for path in files if path.is_file()]
 
 
@@ -941,7 +1032,11 @@ def test_deploy_files_hold_no_machine_paths_and_only_the_throwaway_credentials()
         text = path.read_text()
         assert not machine_path.search(text), path.name
         for used in _credentials(text):
-            assert (used.username, used.password) == (url.username, url.password), path.name
+            # The owner's throwaway password, or a role's DSN whose password is a placeholder.
+            if used.username in ROLES:
+                assert used.password == PLACEHOLDER, path.name
+            else:
+                assert (used.username, used.password) == (url.username, url.password), path.name
             found += 1
         for match in re.finditer(r"PASSWORD\w*\s*[:=]\s*\"?([^\s\"]+)", text):
             assert match.group(1) == url.password, path.name

@@ -12,12 +12,13 @@ ROOT = Path(__file__).resolve().parents[2]
 STACK_SH = ROOT / "deploy" / "local" / "stack.sh"
 
 
-def configure(state: Path, times: int = 1) -> list[str]:
-    """Runs pg_configure on a data folder under `state`; the PG_CHANGED of each run."""
+def configure(state: Path, times: int = 1, **env: str) -> list[str]:
+    """Runs pg_configure on a data folder under `state` (with `env` for stack.sh); the
+    PG_CHANGED of each run."""
     script = '. "$1"; for ((i = 0; i < $2; i++)); do pg_configure "$3"; echo "$PG_CHANGED"; done'
     done = subprocess.run(
         ["bash", "-c", script, "configure", str(STACK_SH), str(times), str(state / "pg")],
-        env=os.environ | {"STACK_DIR": str(state), "PG_PORT": "35432"},
+        env=os.environ | {"STACK_DIR": str(state), "PG_PORT": "35432"} | env,
         capture_output=True,
         text=True,
         timeout=30,
@@ -58,12 +59,22 @@ def test_tls_is_on_with_the_copied_certificate_and_tls_1_2_at_least(tmp_path: Pa
         assert copy.stat().st_mode & 0o777 == 0o600
 
 
-def test_tcp_is_tls_for_every_role_and_plain_only_for_the_owner_role(tmp_path: Path) -> None:
+def test_tcp_is_tls_only_for_every_role_by_default(tmp_path: Path) -> None:
     fake_certs(tmp_path)
-    configure(tmp_path)
+    configure(tmp_path, PG_PLAINTEXT="")
+    hba = rules(tmp_path / "pg" / "data" / "pg_hba.conf")
+    # No `host` (it matches both) and no `hostnossl`: plain TCP matches no line, refused.
+    assert {rule[0] for rule in hba} == {"local", "hostssl"}
+    assert {rule[-1] for rule in hba if rule[0] != "local"} == {"scram-sha-256"}
+    assert {rule[3] for rule in hba if rule[0] == "hostssl"} == {"127.0.0.1/32", "::1/128"}
+
+
+def test_pg_plaintext_on_lets_only_the_owner_role_in_over_plain_tcp(tmp_path: Path) -> None:
+    fake_certs(tmp_path)
+    configure(tmp_path, PG_PLAINTEXT="on")
     hba = rules(tmp_path / "pg" / "data" / "pg_hba.conf")
     kinds = [rule[0] for rule in hba]
-    assert set(kinds) == {"local", "hostssl", "hostnossl"}  # no `host`: it matches both
+    assert set(kinds) == {"local", "hostssl", "hostnossl"}
     # The first match wins: every TLS line comes before the plain ones.
     assert max(i for i, k in enumerate(kinds) if k == "hostssl") < kinds.index("hostnossl")
     assert {rule[2] for rule in hba if rule[0] == "hostnossl"} == {"sensors"}

@@ -19,7 +19,8 @@ def test_a_secret_comes_from_its_file_without_the_trailing_newline(
     secret.write_text(URL + "\n")
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.setenv("DATABASE_URL_FILE", str(secret))
-    assert PipelineSettings().database_url.get_secret_value() == URL
+    url = PipelineSettings().database_url
+    assert url is not None and url.get_secret_value() == URL
 
 
 def test_the_file_value_is_validated_like_the_variable(
