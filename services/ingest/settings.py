@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from libs.common.auth import jwks_url_of
-from libs.common.settings import PipelineSettings
+from libs.common.settings import DEFAULT_DATABASE_URL, PipelineSettings
 from libs.common.stack import local_secrets_dir, read_secret
-from libs.common.tls import local_server_files
+from libs.common.tls import ca_file, local_server_files
 from services.ingest.intake import MAX_RECORD_BYTES
 
 # Settings renamed to the runner's names after 0.1.0: one still set in a deployment stops the
@@ -25,6 +25,9 @@ RENAMED = {
 def local_mqtt_password_file() -> Path:
     """ingest's broker password that `make up` generates (deploy/local/common.sh)."""
     return local_secrets_dir() / "mqtt-ingest.password"
+
+
+AUDIT_ROLE = "audit_writer"
 
 
 class IngestSettings(PipelineSettings):
@@ -91,6 +94,18 @@ class IngestSettings(PipelineSettings):
     # binary: 4/3 of it), stays below Kafka's default message.max.bytes (1 MiB): one larger
     # would be refused by the broker on every try, and its hand-over never done.
     max_record_bytes: int = Field(default=MAX_RECORD_BYTES, ge=256, le=512 * 1024)
+    # Every refusal (HTTP 401/403, a device-bound token's reading of another device, an MQTT
+    # reading of another device than its topic's) is appended to the audit log
+    # (docs/security.md, "Audit log"); accepted readings are not: they are the pipeline's data.
+    # Off only for a database without migration 0004's table (a warning at start-up).
+    audit_enabled: bool = True
+    # The audit log's writer (INSERT only). None: the local stack's audit_writer login, its
+    # generated password and sslmode=verify-full against TLS_CA_FILE, on DATABASE_URL's host,
+    # port and database (resolved at run time: no committed password or machine path).
+    audit_database_url: SecretStr | None = None
+    # Refusals waiting for the database; past it (an outage under a flood of refusals) a new
+    # one is dropped, counted in pipeline_audit_dropped_total and logged.
+    audit_max_pending: int = Field(default=10_000, ge=1)
 
     @field_validator("mqtt_url")
     @classmethod
@@ -124,6 +139,30 @@ class IngestSettings(PipelineSettings):
         """The HTTPS certificate and key: the ones set, else the local stack's."""
         cert, key = local_server_files("ingest")
         return self.https_cert_file or cert, self.https_key_file or key
+
+    def audit_dsn(self) -> str:
+        """AUDIT_DATABASE_URL, else the local stack's audit_writer DSN (verify-full);
+        ConfigurationError when its password file is missing."""
+        if self.audit_database_url is not None:
+            return self.audit_database_url.get_secret_value()
+        configured = self.database_url
+        url = urlsplit(
+            configured.get_secret_value() if configured is not None else DEFAULT_DATABASE_URL
+        )
+        host = url.hostname or "127.0.0.1"
+        password = read_secret(
+            local_secrets_dir() / f"postgres-{AUDIT_ROLE}.password",
+            "the audit log writer's database password",
+            "set AUDIT_DATABASE_URL or AUDIT_DATABASE_URL_FILE, or run `make up`",
+        )
+        query = urlencode(
+            {"sslmode": "verify-full", "sslrootcert": str(ca_file(self.tls_ca_file))}, safe="/"
+        )
+        return (
+            f"postgresql://{AUDIT_ROLE}:{quote(password.get_secret_value(), safe='')}"
+            f"@{f'[{host}]' if ':' in host else host}:{url.port or 5432}"
+            f"/{url.path.lstrip('/') or 'sensors'}?{query}"
+        )
 
     def jwks_url(self) -> str:
         return self.idp_jwks_url or jwks_url_of(self.idp_issuer)
