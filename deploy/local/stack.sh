@@ -12,7 +12,7 @@
 # rendered configs) lives in <repo>/.stack/, which git ignores; servers listen on 127.0.0.1
 # only. Settings (environment, with defaults):
 #   KAFKA_PORT=9092  KAFKA_SASL_PORT=9094  KAFKA_CONTROLLER_PORT=9093
-#   MQTT_PORT=1883  MQTT_TLS_PORT=8883
+#   MQTT_PORT=1883  MQTT_TLS_PORT=8883  MQTT_LOG_DENIALS=off (on: ACL denials in mosquitto.log)
 #   PG_PORT=5432  PG_MAJOR=15  PG_PLAINTEXT=off (on: plain TCP for the owner role too; development)
 #   KEYCLOAK_PORT=8180  KEYCLOAK_MANAGEMENT_PORT=9190  KEYCLOAK_JAVA_HOME=(a JDK 21+, found if unset)
 #   KEYCLOAK_TLS=off (on: HTTPS with STACK_DIR/certs/keycloak.crt and .key)
@@ -394,12 +394,29 @@ mosquitto_render_config() {
           exit 3
         }
       }' "$MQTT_SHARED_CONF" &&
+      mosquitto_render_denials_logging &&
       mosquitto_render_secure_listener
   } >"$MQTT_CONF.tmp" || {
     rm -f "$MQTT_CONF.tmp"
     die "cannot render $MQTT_CONF from $MQTT_SHARED_CONF"
   }
   mv "$MQTT_CONF.tmp" "$MQTT_CONF"
+}
+
+# mosquitto_render_denials_logging: with MQTT_LOG_DENIALS=on, the log types that show the ACL's
+# denials to the audit collector (python -m tools.audit_collector): Mosquitto 2.0.11 writes a
+# denied PUBLISH, and the CONNACK of a refused login, only at `debug`, and a granted
+# subscription only at `subscribe` (a denied one is the SUBSCRIBE without it). Off by default:
+# debug also writes about four lines per message delivered (measured: 2.2x the broker's CPU per
+# QoS 1 message, about 240 bytes of log each, and the log is not rotated); refused logins are
+# in the log either way (docs/security.md, "Audit log").
+mosquitto_render_denials_logging() {
+  case ${MQTT_LOG_DENIALS:-off} in
+    on) printf '%s\n' "# MQTT_LOG_DENIALS=on: ACL denials for the audit collector" \
+      "log_type debug" "log_type subscribe" ;;
+    off) ;;
+    *) die "MQTT_LOG_DENIALS must be on or off, not '$MQTT_LOG_DENIALS'" ;;
+  esac
 }
 
 mosquitto_start() {
@@ -679,7 +696,10 @@ timezone = 'UTC'
 log_timezone = 'UTC'
 logging_collector = off
 log_destination = 'stderr'
-log_line_prefix = '%m [%p] %q%u@%d '
+# user@database, the client's host and the SQLSTATE on every session's line: the audit
+# collector (python -m tools.audit_collector) reads refused logins and statements from them.
+# Failed logins are logged whatever log_connections says.
+log_line_prefix = '%m [%p] %q%u@%d %h %e '
 # TLS with the local CA's certificate for postgres (deploy/local/certs.sh), copied into the
 # data folder because the cluster's user cannot read .stack/certs. Reloaded, not restarted,
 # when it changes.

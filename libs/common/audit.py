@@ -9,8 +9,9 @@ which appends them in batches without making a request wait for the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -165,7 +166,17 @@ class AuditWriter:
                 waiter.cancel()
                 break
             events = [waiter.result(), *self._take()]
-            if await until_stopped(self._appender(events), stop, name="audit_append") is None:
+            try:
+                appended = await until_stopped(self._appender(events), stop, name="audit_append")
+            except asyncpg.PostgresError as error:
+                # Refused, not unreachable (no table, no grant, a bad password): waiting will
+                # not help, and the writer must live on for the next events.
+                DROPPED.labels(self._recorded_by).inc(len(events))
+                log.error(
+                    "audit events refused by the database", count=len(events), error=str(error)
+                )
+                continue
+            if appended is None:
                 self._requeue(events)
         await self.flush()
 
@@ -185,7 +196,52 @@ class AuditWriter:
         while events := self._take():
             try:
                 await append(self._db, events)
-            except DatabaseUnavailable as error:
+            except (DatabaseUnavailable, asyncpg.PostgresError) as error:
                 DROPPED.labels(self._recorded_by).inc(len(events) + self._queue.qsize())
                 log.error("audit events lost at stop", count=len(events), error=str(error))
                 return
+
+
+@contextlib.asynccontextmanager
+async def audit_writer(
+    dsn: str,
+    *,
+    schema: str,
+    recorded_by: str,
+    max_pending: int = 10_000,
+    stop_timeout_s: float = 15.0,
+) -> AsyncIterator[AuditWriter]:
+    """An AuditWriter appending over its own small pool, its task running until the block
+    ends; then what is queued is written once more, within `stop_timeout_s` (a database that
+    is away must not hold up a service's stop: what is lost is counted and logged).
+
+    The pool opens no connection up front (min_size 0): a component starts, and keeps going,
+    while the database is away; the writer's retries connect when it is back.
+    """
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=0,
+        max_size=1,
+        timeout=10,
+        server_settings={"search_path": f"{schema},public", "application_name": recorded_by},
+    )
+    assert pool is not None
+    writer = AuditWriter(pool, recorded_by=recorded_by, max_pending=max_pending)
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    try:
+        yield writer
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, stop_timeout_s)
+        except TimeoutError:
+            DROPPED.labels(recorded_by).inc(writer.pending)
+            log.error(
+                "audit events lost at stop: the database did not answer in time",
+                count=writer.pending,
+            )
+        try:
+            await asyncio.wait_for(pool.close(), 5)
+        except TimeoutError:
+            pool.terminate()

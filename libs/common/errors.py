@@ -81,12 +81,21 @@ class InvalidRecord(RecordError):
 
 class DeviceNotAllowed(RecordError):
     """A reading of a device that the sender may not speak for: a device-bound token's reading
-    of another device."""
+    of another device (`device_id`, for the audit log)."""
+
+    def __init__(self, reasons: list[str] | str, *, device_id: str) -> None:
+        self.device_id = device_id
+        super().__init__(reasons)
 
 
 class DeviceMismatch(RecordError):
     """An MQTT reading whose device_id is not the device of the topic it was published to
-    (`sensors/<device_id>/readings`): the broker's ACL vouches for the topic, not the payload."""
+    (`sensors/<device_id>/readings`): the broker's ACL vouches for the topic, not the payload.
+    `device_id`: the reading's, for the audit log."""
+
+    def __init__(self, reasons: list[str] | str, *, device_id: str) -> None:
+        self.device_id = device_id
+        super().__init__(reasons)
 
 
 class MalformedValidatedRecord(RecordError):

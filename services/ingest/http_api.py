@@ -15,6 +15,7 @@ over `max_record_bytes` is one reject of the 202 answer, as over MQTT.
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
@@ -23,6 +24,7 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from libs.common import metrics
+from libs.common.audit import AuditWriter
 from libs.common.auth import Principal, TokenVerifier
 from libs.common.errors import (
     BodyTooLarge,
@@ -34,6 +36,7 @@ from libs.common.errors import (
 from libs.common.health import json_response
 from libs.common.models import RawReading, Source, Stage
 from libs.common.version import __version__
+from services.ingest import audit
 from services.ingest.handover import Handover
 from services.ingest.intake import split_body
 from services.ingest.settings import IngestSettings
@@ -46,6 +49,10 @@ REALM = "sensor-pipeline"
 SCOPE = "readings:write"
 # RFC 6750's error_description: printable ASCII without the double quote and the backslash.
 _NOT_IN_DESCRIPTION = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
+# A refusal's id, in its answer and its audit row: the client's X-Request-ID when it sent a
+# usable one, else a new one.
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -194,17 +201,24 @@ _CHALLENGE = {
         "schema": {"type": "string"},
     }
 }
+_REFUSAL_HEADERS = _CHALLENGE | {
+    "X-Request-ID": {
+        "description": "The refusal's id in the audit log: the request's X-Request-ID when it "
+        "sent one (1 to 128 of A-Z a-z 0-9 . _ : -), else a new one.",
+        "schema": {"type": "string"},
+    }
+}
 _AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {
         "model": ErrorAnswer,
         "description": "No bearer token, or one that is malformed, forged, expired, or of "
         "another issuer or audience; nothing was read.",
-        "headers": _CHALLENGE,
+        "headers": _REFUSAL_HEADERS,
     },
     403: {
         "model": ErrorAnswer,
         "description": f"A valid token without scope {SCOPE}; nothing was read.",
-        "headers": _CHALLENGE,
+        "headers": _REFUSAL_HEADERS,
     },
 }
 _SECURE_RESPONSES = _READINGS_RESPONSES | _AUTH_RESPONSES
@@ -228,6 +242,16 @@ async def post_readings(
     request: Request, handover: HandoverDep, settings: SettingsDep, principal: PrincipalDep
 ) -> Response:
     return await _take_readings(request, handover, settings, principal.device_id)
+
+
+def request_id(request: Request) -> str:
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def _audit(request: Request) -> AuditWriter | None:
+    writer: AuditWriter | None = getattr(request.app.state, "audit", None)
+    return writer
 
 
 @plain_router.post(
@@ -258,6 +282,10 @@ async def _take_readings(
         )
     accepted, rejected = split_body(body, settings.max_record_bytes, device_id)
     metrics.MESSAGES_IN.labels(_STAGE).inc(len(accepted) + len(rejected))
+    writer = _audit(request)
+    if device_id is not None and rejected and writer is not None:
+        for event in audit.refused_devices(request, device_id, rejected, request_id(request)):
+            writer.record(event)
     try:
         await handover.send(accepted, rejected, Source.HTTP)
     except BrokerUnavailable:
@@ -333,8 +361,14 @@ def ingest_app(handover: Handover, settings: IngestSettings) -> FastAPI:
     return app
 
 
-def readings_app(handover: Handover, settings: IngestSettings, verifier: TokenVerifier) -> FastAPI:
-    """The HTTPS port's app: readings with a bearer token, checked by `verifier`."""
+def readings_app(
+    handover: Handover,
+    settings: IngestSettings,
+    verifier: TokenVerifier,
+    audit_writer: AuditWriter | None = None,
+) -> FastAPI:
+    """The HTTPS port's app: readings with a bearer token, checked by `verifier`; each refusal
+    recorded by `audit_writer` (None: AUDIT_ENABLED off)."""
     app = FastAPI(
         title="sensor pipeline: ingest readings API",
         version=__version__,
@@ -345,6 +379,7 @@ def readings_app(handover: Handover, settings: IngestSettings, verifier: TokenVe
     app.state.handover = handover
     app.state.settings = settings
     app.state.verifier = verifier
+    app.state.audit = audit_writer
     app.include_router(router)
     app.add_exception_handler(Unauthenticated, _refused)
     app.add_exception_handler(Forbidden, _refused)
@@ -374,10 +409,14 @@ async def _refused(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Unauthenticated | Forbidden)
     forbidden = isinstance(exc, Forbidden)
     metrics.REQUESTS.labels(_STAGE, "http", "forbidden" if forbidden else "unauthenticated").inc()
+    rid = request_id(request)
+    writer = _audit(request)
+    if writer is not None:
+        writer.record(audit.refused_request(request, exc, rid))
     return json_response(
         {"error": exc.reason},
         status_code=403 if forbidden else 401,
-        headers={"WWW-Authenticate": challenge(exc)},
+        headers={"WWW-Authenticate": challenge(exc), REQUEST_ID_HEADER: rid},
     )
 
 

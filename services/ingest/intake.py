@@ -78,7 +78,8 @@ def check_object(data: Any, allowed_device: str | None = None) -> str:
         raise MissingDeviceId("device_id is required and must be non-empty text")
     if allowed_device is not None and device_id != allowed_device:
         raise DeviceNotAllowed(
-            f"reading of device {device_id!r}, but the token is bound to device {allowed_device!r}"
+            f"reading of device {device_id!r}, but the token is bound to device {allowed_device!r}",
+            device_id=device_id,
         )
     return device_id
 
@@ -96,7 +97,8 @@ def check_message(
     device_id = check_object(parse_json(payload), allowed_device)
     if topic_device is not None and device_id != topic_device:
         raise DeviceMismatch(
-            f"reading of device {device_id!r} published to the topic of device {topic_device!r}"
+            f"reading of device {device_id!r} published to the topic of device {topic_device!r}",
+            device_id=device_id,
         )
     return Outgoing(payload, device_id.encode())
 

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from libs.common import metrics
+from libs.common.audit import AuditWriter
 from libs.common.errors import ConfigurationError, MqttUnavailable, RecordError
 from libs.common.health import Readiness
 from libs.common.kafka import Outgoing
@@ -24,6 +25,7 @@ from libs.common.lifecycle import sleep_or_stop
 from libs.common.models import Source, Stage
 from libs.common.retry import until_stopped
 from libs.common.tls import client_context
+from services.ingest.audit import mismatched_readings
 from services.ingest.handover import Handover
 from services.ingest.intake import Rejected, check_message, device_of_topic
 from services.ingest.mqtt_client import Delivery, MqttSession
@@ -63,8 +65,10 @@ class MqttIngest:
         *,
         batch_max_wait_ms: int = 5,
         login: MqttLogin | None = None,
+        audit_writer: AuditWriter | None = None,
     ) -> None:
         self.settings = settings
+        self.audit_writer = audit_writer
         self.handover = handover
         self.readiness = readiness
         self.max_records = settings.mqtt_max_records
@@ -200,6 +204,11 @@ class MqttIngest:
         metrics.REQUESTS.labels(_STAGE, "mqtt", "accepted").inc(len(accepted))
         if rejected:
             metrics.REQUESTS.labels(_STAGE, "mqtt", "rejected").inc(len(rejected))
+            # Once handed over, so that a batch sent again after a reconnect is not recorded
+            # twice in the usual case.
+            if self.audit_writer is not None:
+                for event in mismatched_readings(rejected):
+                    self.audit_writer.record(event)
 
     async def _until_handed_over(
         self, accepted: list[Outgoing], rejected: list[Rejected], stop: asyncio.Event

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import structlog
 
+from libs.common.audit import AuditWriter, audit_writer
 from libs.common.auth import TokenVerifier
 from libs.common.health import Readiness, health_app, serve_http
 from libs.common.service import background, kafka_producer, watch_kafka
@@ -43,6 +44,7 @@ async def http_servers(
     readiness: Readiness,
     tls: ssl.SSLContext | None,
     verifier: TokenVerifier | None,
+    audit: AuditWriter | None = None,
 ) -> AsyncIterator[None]:
     """The plain port (probes, metrics; the development readings API while it is on) and the
     HTTPS readings API (when `tls` and `verifier` are given)."""
@@ -59,7 +61,7 @@ async def http_servers(
     async with contextlib.AsyncExitStack() as servers:
         await servers.enter_async_context(serve_http(plain, settings.http_host, settings.http_port))
         if tls is not None and verifier is not None:
-            secure = readings_app(handover, settings, verifier)
+            secure = readings_app(handover, settings, verifier, audit)
             await servers.enter_async_context(
                 serve_http(secure, settings.http_host, settings.https_port, tls)
             )
@@ -72,6 +74,31 @@ async def http_servers(
         yield
 
 
+@contextlib.asynccontextmanager
+async def refusals_audit(settings: IngestSettings) -> AsyncIterator[AuditWriter | None]:
+    """The audit log's writer of ingest's refusals, or None with AUDIT_ENABLED off.
+
+    Not one of /readyz's needs: readings go on being taken while the audit database is away
+    (the writer retries; its queue is bounded, what it drops is counted and logged), because
+    refusing every device over the audit log's outage would make it the pipeline's weakest
+    link, and the refusals themselves still happen.
+    """
+    if not settings.audit_enabled:
+        log.warning(
+            "audit log off (AUDIT_ENABLED=false): refusals are not recorded",
+            hint="AUDIT_ENABLED=true needs migration 0004's audit_log table",
+        )
+        yield None
+        return
+    async with audit_writer(
+        settings.audit_dsn(),
+        schema=settings.database_schema,
+        recorded_by="ingest",
+        max_pending=settings.audit_max_pending,
+    ) as writer:
+        yield writer
+
+
 async def run(settings: IngestSettings, stop: asyncio.Event) -> None:
     needs = ("kafka", "mqtt") if settings.mqtt_enabled else ("kafka",)
     readiness = Readiness(settings.service_name, *needs)
@@ -80,17 +107,20 @@ async def run(settings: IngestSettings, stop: asyncio.Event) -> None:
     verifier = token_verifier(settings) if settings.https_enabled else None
     # Likewise the broker's CA and ingest's MQTT password.
     login = mqtt_login(settings) if settings.mqtt_enabled else None
-    async with kafka_producer(settings) as producers:
+    async with refusals_audit(settings) as audit, kafka_producer(settings) as producers:
         readiness.set("kafka", True)
         handover = Handover(producers, settings, stop, readiness)
-        async with http_servers(settings, handover, readiness, tls, verifier):
+        async with http_servers(settings, handover, readiness, tls, verifier, audit):
 
             async def metadata() -> object:
                 return await producers.producer.client.fetch_all_metadata()
 
             async with background(watch_kafka(metadata, readiness)):
                 if settings.mqtt_enabled:
-                    await MqttIngest(settings, handover, readiness, login=login).run(stop)
+                    mqtt = MqttIngest(
+                        settings, handover, readiness, login=login, audit_writer=audit
+                    )
+                    await mqtt.run(stop)
                 else:
                     await stop.wait()
         # Leaving the servers stops taking HTTP requests (in-flight ones finish); leaving the

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from libs.common.auth import jwks_url_of
+from libs.common.db_accounts import dsn_for
 from libs.common.settings import PipelineSettings
 from libs.common.stack import local_secrets_dir, read_secret
 from libs.common.tls import local_server_files
@@ -25,6 +26,9 @@ RENAMED = {
 def local_mqtt_password_file() -> Path:
     """ingest's broker password that `make up` generates (deploy/local/common.sh)."""
     return local_secrets_dir() / "mqtt-ingest.password"
+
+
+AUDIT_ROLE = "audit_writer"
 
 
 class IngestSettings(PipelineSettings):
@@ -91,6 +95,18 @@ class IngestSettings(PipelineSettings):
     # binary: 4/3 of it), stays below Kafka's default message.max.bytes (1 MiB): one larger
     # would be refused by the broker on every try, and its hand-over never done.
     max_record_bytes: int = Field(default=MAX_RECORD_BYTES, ge=256, le=512 * 1024)
+    # Every refusal (HTTP 401/403, a device-bound token's reading of another device, an MQTT
+    # reading of another device than its topic's) is appended to the audit log
+    # (docs/security.md, "Audit log"); accepted readings are not: they are the pipeline's data.
+    # Off only for a database without migration 0004's table (a warning at start-up).
+    audit_enabled: bool = True
+    # The audit log's writer (INSERT only). None: the local stack's audit_writer login, its
+    # generated password and sslmode=verify-full against TLS_CA_FILE, on DATABASE_URL's host,
+    # port and database (resolved at run time: no committed password or machine path).
+    audit_database_url: SecretStr | None = None
+    # Refusals waiting for the database; past it (an outage under a flood of refusals) a new
+    # one is dropped, counted in pipeline_audit_dropped_total and logged.
+    audit_max_pending: int = Field(default=10_000, ge=1)
 
     @field_validator("mqtt_url")
     @classmethod
@@ -124,6 +140,13 @@ class IngestSettings(PipelineSettings):
         """The HTTPS certificate and key: the ones set, else the local stack's."""
         cert, key = local_server_files("ingest")
         return self.https_cert_file or cert, self.https_key_file or key
+
+    def audit_dsn(self) -> str:
+        """AUDIT_DATABASE_URL, else the local stack's audit_writer DSN (verify-full);
+        ConfigurationError when its password file is missing."""
+        if self.audit_database_url is not None:
+            return self.audit_database_url.get_secret_value()
+        return dsn_for(AUDIT_ROLE, self)
 
     def jwks_url(self) -> str:
         return self.idp_jwks_url or jwks_url_of(self.idp_issuer)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
+from libs.common.audit import AuditWriter
 from libs.common.health import Readiness
 from libs.common.service import kafka_producer
 from services.ingest import mqtt
@@ -31,11 +32,14 @@ def short_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: IngestSettings, stop: asyncio.Event) -> AsyncIterator[Readiness]:
+async def running(
+    settings: IngestSettings, stop: asyncio.Event, audit: AuditWriter | None = None
+) -> AsyncIterator[Readiness]:
     readiness = Readiness("ingest", "kafka", "mqtt")
     async with kafka_producer(settings) as producers:
+        handover = Handover(producers, settings, stop)
         task = asyncio.create_task(
-            MqttIngest(settings, Handover(producers, settings, stop), readiness).run(stop)
+            MqttIngest(settings, handover, readiness, audit_writer=audit).run(stop)
         )
         try:
             yield readiness
