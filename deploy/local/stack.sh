@@ -288,6 +288,8 @@ store       prefixed  transactional-id  WRITE,DESCRIBE  store-
 operator    literal   topic             READ,DESCRIBE   sensor-data sensor-data-validated sensor-data-enriched sensor-data-errors
 operator    literal   group             DESCRIBE        validate enrich store
 operator    prefixed  group             READ,DESCRIBE   operator
+admin-api   literal   topic,group       READ,DESCRIBE   sensor-data-errors admin-api
+admin-api   literal   topic             WRITE,DESCRIBE  sensor-data sensor-data-validated sensor-data-enriched
 EOF
 )
 

@@ -132,9 +132,13 @@ async def send_replays(
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    await consumer.topics()  # fetches the cluster's metadata
-    partitions = consumer.partitions_for_topic(topic) or set()
-    return [TopicPartition(topic, p) for p in sorted(partitions)]
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        # A consumer that subscribes to nothing has no topic's metadata yet, and aiokafka's
+        # public topics() returns names only, not the partitions.
+        await consumer._client.force_metadata_update()
+        partitions = consumer.partitions_for_topic(topic)
+    return [TopicPartition(topic, p) for p in sorted(partitions or ())]
 
 
 async def scan_dead_letters(
