@@ -77,7 +77,8 @@ async def run(settings: AdminSettings, stop: asyncio.Event) -> None:
     tls = server_context(*settings.tls_files()) if settings.https_enabled else None
     verifier = token_verifier(settings)
     mqtt = mqtt_accounts(settings)
-    mqtt.admin_password()
+    if settings.https_enabled:
+        mqtt.admin_password()
     async with (
         serve_http(health_app(readiness), settings.http_host, settings.http_port),
         database(settings, readiness) as pool,
