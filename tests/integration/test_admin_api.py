@@ -12,6 +12,8 @@ test's own): the main stack gets its admin certificate at its next `make up`.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import ssl
 import subprocess
@@ -45,6 +47,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 CERTS_SH = ROOT / "deploy" / "local" / "certs.sh"
+STACK_SH = ROOT / "deploy" / "local" / "stack.sh"
 IDP = CredentialsSettings()
 ISSUER = IDP.idp_url
 AUDIT_WAIT_S = 10.0
@@ -506,3 +509,27 @@ async def test_a_replay_naming_nothing_or_a_letter_not_there_sends_nothing(
     assert absent.json()["missing"] == ["0:999999"]
     assert (await audit_row(db, absent_id))["outcome"] == "refused"
     assert len(await settle_and_read(names.raw)) == before
+
+
+# --- the realm ----------------------------------------------------------------------------------
+
+
+def test_the_realm_update_of_make_up_finds_nothing_left_to_add(tokens: dict[str, str]) -> None:
+    """stack.sh's keycloak_realm_update, as `make up` runs it: the running realm already has
+    everything realm.json names (client admin-api, pipeline-cli's mappers, user viewer), so it
+    adds nothing; and each user's token carries the audience and the user name."""
+    done = subprocess.run(
+        ["bash", "-c", '. "$1"; set -Eeuo pipefail; keycloak_realm_update', "stack", str(STACK_SH)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "realm sensor-pipeline current" in done.stdout, done.stdout
+    for user, token in tokens.items():
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        assert claims["aud"] == "admin-api" or "admin-api" in claims["aud"], user
+        assert claims["preferred_username"] == user
+        assert user in claims["realm_access"]["roles"]
