@@ -6,6 +6,10 @@ servers that issue them.
       (Keycloak, realm sensor-pipeline): the client-credentials grant of the device fleet's
       client. With --device, the token is bound to that device (claim device_id): it comes from
       the device's own client, device-<ID>, created in the realm on first use.
+  token --user viewer|operator|admin
+      prints a user's access token for the admin API (audience admin-api, the user's realm
+      roles): the password grant of the public client pipeline-cli, with the user's password
+      that `make up` generated (.stack/secrets/keycloak/<user>.password).
   device <device_id>
       prints one JSON object {device_id, mqtt_url, username, password, ca_file}: the device's
       account on Mosquitto's TLS listener, registered if it is new (the same every time).
@@ -70,6 +74,9 @@ class CredentialsSettings(BaseSettings):
     idp_fleet_client_secret: SecretStr | None = Field(
         default=None, description="None: the stack folder's <client id>.secret file."
     )
+    # The public client of the password grant (`token --user`): its tokens carry the user's
+    # realm roles and audience admin-api.
+    idp_cli_client_id: str = "pipeline-cli"
     idp_provisioner_client_id: str = "pipeline-provisioner"
     idp_provisioner_client_secret: SecretStr | None = None
     # None: <repo>/.stack/secrets/keycloak, where `make up` writes them (a stack in another
@@ -205,6 +212,35 @@ def client_credentials_token(
     return token
 
 
+REALM_USERS = ("viewer", "operator", "admin")
+
+
+def user_token(settings: CredentialsSettings, username: str) -> str:
+    """A realm user's access token (the password grant of the public CLI client), with the
+    password `make up` generated for the user."""
+    password = read_secret(
+        settings.secrets_dir() / f"{username}.password",
+        f"the password of user {username}",
+        "run `make up`, or set IDP_SECRETS_DIR to the stack's secrets/keycloak folder",
+    )
+    form = {
+        "grant_type": "password",
+        "client_id": settings.idp_cli_client_id,
+        "username": username,
+        "password": password.get_secret_value(),
+    }
+    with httpx.Client(timeout=settings.idp_timeout_s, verify=settings.tls_verify()) as http:
+        response = _send(http, "POST", settings.token_endpoint(), data=form)
+    if response.status_code != 200:
+        raise CredentialsError(
+            f"the identity provider refused a token to user {username}: {refusal(response)}"
+        )
+    token = response.json().get("access_token")
+    if not isinstance(token, str) or not token:
+        raise CredentialsError(f"the identity provider's answer to user {username} has no token")
+    return token
+
+
 def device_client_representation(device_id: str) -> dict[str, Any]:
     """The realm's client of one device: client credentials only, and a claim naming the device
     in every token it gets (the realm adds scope readings:write as optional, as to any client)."""
@@ -318,11 +354,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     token = commands.add_parser(
         "token",
         help="print an access token for the HTTP ingest API",
-        description="Print an access token (JWT) for the HTTP ingest API from the identity "
-        "provider, one line on standard output.",
+        description="Print an access token (JWT) from the identity provider, one line on "
+        "standard output: with --scope for the HTTP ingest API, with --user a user's for the "
+        "admin API.",
     )
-    token.add_argument(
-        "--scope", required=True, help="the scopes asked for, space-separated: readings:write"
+    whose = token.add_mutually_exclusive_group(required=True)
+    whose.add_argument("--scope", help="the scopes asked for, space-separated: readings:write")
+    whose.add_argument(
+        "--user", choices=REALM_USERS, help="a user's token for the admin API (its realm roles)"
     )
     token.add_argument(
         "--device", metavar="ID", help="bind the token to this device (claim device_id)"
@@ -443,8 +482,14 @@ def main(argv: list[str] | None = None) -> int:
         problems = settings_problems(error, CredentialsSettings)
         sys.stderr.write(f"tools.credentials: bad settings\n{problems}\n")
         return 2
+    if args.user and args.device:
+        sys.stderr.write("tools.credentials token: --device goes with --scope, not --user\n")
+        return 2
     try:
-        token = access_token(settings, args.scope, args.device)
+        if args.user:
+            token = user_token(settings, args.user)
+        else:
+            token = access_token(settings, args.scope, args.device)
     except PipelineError as exc:
         sys.stderr.write(f"tools.credentials {args.command}: {exc}\n")
         return 1 if exc.retriable else 2

@@ -31,6 +31,7 @@ USERS: dict[str, str] = {
     "enrich": "reads sensor-data-validated (group enrich), writes sensor-data-enriched and the DLQ",
     "store": "reads sensor-data-enriched (group store), writes the DLQ",
     "operator": "reads and describes every pipeline topic and its groups",
+    "admin-api": "reads the DLQ (group admin-api), writes the topics a replay sends to",
 }
 
 

@@ -37,6 +37,7 @@ mosquitto  mosquitto
 postgres   timescaledb postgres
 ingest     ingest
 keycloak   keycloak
+admin      admin
 EOF
 unset name dns
 

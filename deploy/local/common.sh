@@ -51,7 +51,7 @@ KAFKA_KEYSTORE="$KAFKA_DIR/tls/kafka-keystore.pem"
 # The SCRAM users of the SASL_SSL listener, one per service, `admin` (a super user: set-up and
 # operators) and `operator` (reads every pipeline topic); each one's password is generated once
 # into SECRETS/kafka-<user>.password (0600).
-KAFKA_USERS=(admin ingest validate enrich store operator)
+KAFKA_USERS=(admin ingest validate enrich store operator admin-api)
 
 MQTT_DIR="$STACK/mosquitto"
 MQTT_CONF="$MQTT_DIR/mosquitto.conf"

@@ -288,6 +288,8 @@ store       prefixed  transactional-id  WRITE,DESCRIBE  store-
 operator    literal   topic             READ,DESCRIBE   sensor-data sensor-data-validated sensor-data-enriched sensor-data-errors
 operator    literal   group             DESCRIBE        validate enrich store
 operator    prefixed  group             READ,DESCRIBE   operator
+admin-api   literal   topic,group       READ,DESCRIBE   sensor-data-errors admin-api
+admin-api   literal   topic             WRITE,DESCRIBE  sensor-data sensor-data-validated sensor-data-enriched
 EOF
 )
 
@@ -920,6 +922,21 @@ keycloak_secrets() {
 
 keycloak_secret() { cat "$KEYCLOAK_SECRETS/$1"; } # FILE: one of KEYCLOAK_SECRET_FILES
 
+# Secrets of what the realm file got after realms were first imported (the viewer user):
+# generated when missing, whatever the realm's state, since keycloak_realm_update gives an
+# existing realm what they are for.
+KEYCLOAK_LATER_SECRET_FILES=(viewer.password)
+
+keycloak_later_secrets() {
+  local file
+  mkdir -p "$KEYCLOAK_SECRETS"
+  for file in "${KEYCLOAK_LATER_SECRET_FILES[@]}"; do
+    [[ -s "$KEYCLOAK_SECRETS/$file" ]] && continue
+    (umask 077 && head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$KEYCLOAK_SECRETS/$file")
+    note "Keycloak: generated $file in $KEYCLOAK_SECRETS (0600)"
+  done
+}
+
 keycloak_conf_port() { sed -n 's|^https\{0,1\}-port=\([0-9]*\)$|\1|p' "$KEYCLOAK_CONF" 2>/dev/null; }
 
 # keycloak_scheme: http, or https when KEYCLOAK_TLS=on (then with the local CA's certificate
@@ -968,6 +985,7 @@ keycloak_start() {
   java_home=$(keycloak_java_home) || die "Keycloak needs Java 21 or newer (set KEYCLOAK_JAVA_HOME)"
   mkdir -p "$KEYCLOAK_DIR" "$KEYCLOAK_HOME/data/import"
   keycloak_secrets
+  keycloak_later_secrets
   # --import-realm reads <home>/data/import; the file there is the repo's, copied each start.
   cp "$KEYCLOAK_REALM_FILE" "$KEYCLOAK_HOME/data/import/$KEYCLOAK_REALM.json"
   keycloak_render_config
@@ -979,6 +997,7 @@ keycloak_start() {
     SENSOR_IDP_PROVISIONER_SECRET="$(keycloak_secret pipeline-provisioner.secret)" \
     SENSOR_IDP_OPERATOR_PASSWORD="$(keycloak_secret operator.password)" \
     SENSOR_IDP_ADMIN_PASSWORD="$(keycloak_secret admin.password)" \
+    SENSOR_IDP_VIEWER_PASSWORD="$(keycloak_secret viewer.password)" \
     setsid "$KEYCLOAK_HOME/bin/kc.sh" --config-file="$KEYCLOAK_CONF" start --optimized --import-realm) \
     >>"$LOGS/keycloak.log" 2>&1 </dev/null 9>&- &
   echo $! >"$RUN/keycloak.pid"
@@ -1004,11 +1023,116 @@ keycloak_wait() {
       curl -fsS -o /dev/null --max-time 5 "${curl_tls[@]}" \
         "$realm_url/.well-known/openid-configuration" 2>/dev/null; then
       note "Keycloak: ready ($realm_url; secrets in $KEYCLOAK_SECRETS)"
+      keycloak_realm_update
       return 0
     fi
     sleep 1
   done
   die "Keycloak did not become ready on 127.0.0.1:$KEYCLOAK_PORT within ${START_TIMEOUT}s"
+}
+
+# ---------------------------------------------------------------- Keycloak: realm updates
+# Keycloak imports the realm file only into a realm that does not exist: a realm made by an
+# older realm.json would never get what was added to it since. keycloak_realm_update gives it
+# the clients, client protocol mappers, users and users' realm roles of the file that it lacks,
+# through the admin REST API as the bootstrap admin (master realm). It only adds, matching by
+# clientId, mapper name and username, so running it again changes nothing; what exists is
+# never changed or removed (an edited mapper or a removed user is a new realm's, or by hand).
+
+# keycloak_realm_rendered: the realm file with its ${SENSOR_IDP_*} placeholders filled in.
+keycloak_realm_rendered() {
+  keycloak_later_secrets >/dev/null
+  env SENSOR_IDP_FLEET_SIMULATOR_SECRET="$(keycloak_secret fleet-simulator.secret)" \
+    SENSOR_IDP_PROVISIONER_SECRET="$(keycloak_secret pipeline-provisioner.secret)" \
+    SENSOR_IDP_OPERATOR_PASSWORD="$(keycloak_secret operator.password)" \
+    SENSOR_IDP_ADMIN_PASSWORD="$(keycloak_secret admin.password)" \
+    SENSOR_IDP_VIEWER_PASSWORD="$(keycloak_secret viewer.password)" \
+    jq 'walk(if type == "string"
+      then gsub("\\$\\{(?<v>SENSOR_IDP_[A-Z_]+)\\}"; $ENV[.v] // "") else . end)' \
+    "$KEYCLOAK_REALM_FILE"
+}
+
+# kc_admin METHOD PATH [BODY]: one admin REST call on the realm (PATH under
+# /admin/realms/<realm>), the body on stdin when BODY is "-"; prints the answer, fails on an
+# HTTP error. The token is read from a 0600 header file, never put on a command line.
+kc_admin() {
+  local data=()
+  [[ ${3:-} == - ]] && data=(-H 'Content-Type: application/json' --data-binary @-)
+  curl -fsS --max-time 10 "${KC_CURL_TLS[@]}" -X "$1" -H @"$KC_HEADER" "${data[@]}" \
+    "$KC_BASE/admin/realms/$KEYCLOAK_REALM$2"
+}
+
+keycloak_realm_update() {
+  step "Keycloak: bringing realm $KEYCLOAK_REALM up to date with $KEYCLOAK_REALM_FILE" \
+    "$LOGS/keycloak-realm.log"
+  command -v jq >/dev/null || die "jq is needed to update the realm (apt-get install jq)"
+  KC_BASE="$(keycloak_scheme)://127.0.0.1:$KEYCLOAK_PORT"
+  KC_CURL_TLS=()
+  [[ $KEYCLOAK_TLS == on ]] && KC_CURL_TLS=(--cacert "$STACK_CA")
+  KC_HEADER="$RUN/keycloak-admin.header"
+  mkdir -p "$RUN"
+  local token realm
+  token=$(curl -fsS --max-time 10 "${KC_CURL_TLS[@]}" -d grant_type=password -d client_id=admin-cli \
+    -d username=bootstrap-admin --data-urlencode "password@$KEYCLOAK_SECRETS/bootstrap-admin.password" \
+    "$KC_BASE/realms/master/protocol/openid-connect/token" 2>>"$LOGS/keycloak-realm.log" |
+    jq -r .access_token) || die "the bootstrap admin (secrets/keycloak/bootstrap-admin.password) got no token"
+  (umask 077 && printf 'Authorization: Bearer %s\n' "$token" >"$KC_HEADER")
+  realm=$(keycloak_realm_rendered)
+  local added=0
+  keycloak_add_clients "$realm"
+  keycloak_add_users "$realm"
+  rm -f "$KC_HEADER"
+  if ((added)); then note "Keycloak: realm $KEYCLOAK_REALM: $added added"; else
+    note "Keycloak: realm $KEYCLOAK_REALM current"
+  fi
+}
+
+keycloak_add_clients() { # REALM_JSON: the clients it lacks, and its clients' missing mappers
+  local realm=$1 client_id client id have mapper name
+  while read -r client_id; do
+    client=$(jq -c --arg c "$client_id" '.clients[] | select(.clientId == $c)' <<<"$realm")
+    id=$(kc_admin GET "/clients?clientId=$client_id" | jq -r --arg c "$client_id" \
+      '[.[] | select(.clientId == $c)][0].id // empty')
+    if [[ -z $id ]]; then
+      kc_admin POST /clients - <<<"$client" >/dev/null
+      note "Keycloak: added client $client_id"
+      added=$((added + 1))
+      continue
+    fi
+    have=$(kc_admin GET "/clients/$id/protocol-mappers/models" | jq -c '[.[].name]')
+    while read -r name; do
+      [[ -n $name ]] || continue
+      jq -e --arg n "$name" 'index($n) != null' <<<"$have" >/dev/null && continue
+      mapper=$(jq -c --arg n "$name" '.protocolMappers[] | select(.name == $n)' <<<"$client")
+      kc_admin POST "/clients/$id/protocol-mappers/models" - <<<"$mapper" >/dev/null
+      note "Keycloak: added mapper '$name' to client $client_id"
+      added=$((added + 1))
+    done < <(jq -r '.protocolMappers // [] | .[].name' <<<"$client")
+  done < <(jq -r '.clients[].clientId' <<<"$realm")
+}
+
+keycloak_add_users() { # REALM_JSON: the users it lacks (with their passwords), missing realm roles
+  local realm=$1 username user id role have
+  while read -r username; do
+    user=$(jq -c --arg u "$username" '.users[] | select(.username == $u)' <<<"$realm")
+    id=$(kc_admin GET "/users?exact=true&username=$username" | jq -r '.[0].id // empty')
+    if [[ -z $id ]]; then
+      jq -c 'del(.realmRoles, .clientRoles)' <<<"$user" | kc_admin POST /users - >/dev/null
+      id=$(kc_admin GET "/users?exact=true&username=$username" | jq -r '.[0].id // empty')
+      [[ -n $id ]] || die "user $username is not in the realm after creating it"
+      note "Keycloak: added user $username"
+      added=$((added + 1))
+    fi
+    have=$(kc_admin GET "/users/$id/role-mappings/realm" | jq -c '[.[].name]')
+    while read -r role; do
+      [[ -n $role ]] || continue
+      jq -e --arg r "$role" 'index($r) != null' <<<"$have" >/dev/null && continue
+      kc_admin GET "/roles/$role" | jq -c '[{id, name}]' |
+        kc_admin POST "/users/$id/role-mappings/realm" - >/dev/null
+      note "Keycloak: gave user $username the realm role $role"
+      added=$((added + 1))
+    done < <(jq -r '.realmRoles // [] | .[]' <<<"$user")
+  done < <(jq -r '.users[] | select(.serviceAccountClientId == null) | .username' <<<"$realm")
 }
 
 # ---------------------------------------------------------------- commands

@@ -30,12 +30,15 @@ REQUIRED_CLAIMS = ("exp", "iss", "aud", "sub")
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who a verified token speaks for: its subject, the client it was issued to, its scopes,
-    and the one device it is bound to (None: a fleet token, any device)."""
+    and the one device it is bound to (None: a fleet token, any device); for a user's token its
+    user name (preferred_username) and realm roles (realm_access.roles)."""
 
     subject: str
     client_id: str | None
     scopes: frozenset[str]
     device_id: str | None = None
+    username: str | None = None
+    roles: frozenset[str] = frozenset()
 
 
 def jwks_url_of(issuer: str) -> str:
@@ -51,7 +54,7 @@ class TokenVerifier:
         *,
         issuer: str,
         audience: str,
-        required_scope: str,
+        required_scope: str | None,
         jwks_url: str,
         verify: ssl.SSLContext | bool = True,
         leeway_s: float = 30.0,
@@ -75,7 +78,8 @@ class TokenVerifier:
         self.fetches = 0
 
     async def verify_token(self, token: str) -> Principal:
-        """The token's principal; Unauthenticated (401) or Forbidden (403) with the reason."""
+        """The token's principal; Unauthenticated (401) or Forbidden (403) with the reason.
+        With `required_scope` None no scope is asked for (the admin API checks roles instead)."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -124,17 +128,20 @@ class TokenVerifier:
     def _principal(self, claims: dict[str, Any]) -> Principal:
         scope = claims.get("scope", "")
         scopes = frozenset(scope.split()) if isinstance(scope, str) else frozenset()
-        if self.required_scope not in scopes:
+        if self.required_scope is not None and self.required_scope not in scopes:
             raise Forbidden(f"token lacks scope {self.required_scope}", scope=self.required_scope)
         device = claims.get(DEVICE_CLAIM)
         if device is not None and (not isinstance(device, str) or not device):
             raise Unauthenticated(f"claim {DEVICE_CLAIM} is not a device id")
         client = claims.get("azp", claims.get("client_id"))
+        username = claims.get("preferred_username")
         return Principal(
             subject=str(claims["sub"]),
             client_id=client if isinstance(client, str) else None,
             scopes=scopes,
             device_id=device,
+            username=username if isinstance(username, str) and username else None,
+            roles=realm_roles(claims),
         )
 
     async def _key(self, kid: str) -> jwt.PyJWK:
@@ -184,6 +191,16 @@ class TokenVerifier:
         except (ValueError, KeyError, TypeError) as exc:
             raise KeysUnavailable(f"{self.jwks_url} is not a JWKS: {exc}") from exc
         return signing_keys(entries)
+
+
+def realm_roles(claims: dict[str, Any]) -> frozenset[str]:
+    """Keycloak's realm roles of a token (realm_access.roles); none when the claim is absent or
+    not a list of strings."""
+    access = claims.get("realm_access")
+    roles = access.get("roles") if isinstance(access, dict) else None
+    if not isinstance(roles, list):
+        return frozenset()
+    return frozenset(role for role in roles if isinstance(role, str))
 
 
 def signing_keys(entries: Any) -> dict[str, jwt.PyJWK]:

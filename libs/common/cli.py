@@ -125,6 +125,7 @@ def read_settings(settings_class: type[S]) -> S:
 
 def _service_settings() -> dict[str, type[PipelineSettings]]:
     # Imported on demand: each service's module only needs its own class.
+    from services.admin.settings import AdminSettings
     from services.enrich.settings import EnrichSettings
     from services.ingest.settings import IngestSettings
     from services.store.settings import StoreSettings
@@ -135,6 +136,7 @@ def _service_settings() -> dict[str, type[PipelineSettings]]:
         "validate": ValidateSettings,
         "enrich": EnrichSettings,
         "store": StoreSettings,
+        "admin": AdminSettings,
     }
 
 
@@ -161,7 +163,7 @@ def settings_markdown() -> str:
 def env_example() -> str:
     """.env.example: each variable once, commented out at its default; secrets left empty."""
     lines = [
-        "# Every setting of the four services with its default (python -m libs.common.cli",
+        "# Every setting of the services with its default (python -m libs.common.cli",
         "# --env-example > .env.example). Uncomment to change; secrets are left empty on purpose.",
     ]
     seen: set[str] = set()

@@ -29,6 +29,7 @@ SERVERS = {
     "postgres": {"DNS:timescaledb", "DNS:postgres"},
     "ingest": {"DNS:ingest"},
     "keycloak": {"DNS:keycloak"},
+    "admin": {"DNS:admin"},
 }
 FILES = ["ca.crt", "ca.key"] + [f"{n}.{ext}" for n in SERVERS for ext in ("crt", "key")]
 

@@ -32,6 +32,7 @@ from pydantic_settings import BaseSettings
 
 from libs.common.db_accounts import ROLES
 from libs.common.settings import DEFAULT_DATABASE_URL, PipelineSettings, is_secret
+from services.admin.settings import AdminSettings
 from services.enrich.settings import EnrichSettings
 from services.ingest.settings import IngestSettings
 from services.store.settings import StoreSettings
@@ -62,6 +63,8 @@ ARCHITECTURE_PORTS = {
     "enrich": 8082,
     "store": 8083,
 }
+# docs/security.md, Admin API: its probes' port (its HTTPS API, 8444, is off in compose).
+ADMIN_PORTS = {"admin": 8084}
 # docs/observability.md: where Prometheus and Grafana listen.
 OBSERVABILITY_PORTS = {"prometheus": 9090, "grafana": 3000}
 LOCALHOST = "127.0.0.1"
@@ -79,11 +82,13 @@ TOPIC_VARS = ("TOPIC_RAW", "TOPIC_VALIDATED", "TOPIC_ENRICHED", "TOPIC_DLQ")
 # The settings class of the process each compose service / k8s workload starts.
 SETTINGS_OF: dict[str, type[BaseSettings]] = {
     **STAGES,
+    "admin": AdminSettings,
     "setup": SetupSettings,
     "simulator": SimulatorSettings,
 }
 MODULE_OF = {
     **{name: f"services.{name}" for name in STAGES},
+    "admin": "services.admin",
     "setup": "tools.setup",
     "simulator": "tools.simulate",
 }
@@ -195,7 +200,7 @@ def published_ports(service: dict[str, Any]) -> list[tuple[str, int, int]]:
     return ports
 
 
-APP_SERVICES = ("ingest", "validate", "enrich", "store", "setup", "simulator")
+APP_SERVICES = ("ingest", "validate", "enrich", "store", "admin", "setup", "simulator")
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
@@ -259,7 +264,7 @@ def test_compose_binds_every_published_port_to_localhost() -> None:
         for name, service in compose()["services"].items()
         for port in published_ports(service)
     ]
-    expected = {**ARCHITECTURE_PORTS, **OBSERVABILITY_PORTS}
+    expected = {**ARCHITECTURE_PORTS, **ADMIN_PORTS, **OBSERVABILITY_PORTS}
     assert len(ports) == len(expected)
     assert [(name, ip) for name, (ip, _, _) in ports if ip != LOCALHOST] == []
     assert sorted(host for _, (_, host, _) in ports) == sorted(expected.values())
@@ -852,7 +857,7 @@ def k8s_env(name: str, kind: str = "Deployment") -> dict[str, str | None]:
     return env
 
 
-K8S_WORKLOADS = [(name, "Deployment") for name in STAGES] + [("setup", "Job")]
+K8S_WORKLOADS = [(name, "Deployment") for name in (*STAGES, "admin")] + [("setup", "Job")]
 
 
 def test_k8s_kustomization_lists_every_manifest_and_each_parses() -> None:
@@ -862,7 +867,7 @@ def test_k8s_kustomization_lists_every_manifest_and_each_parses() -> None:
     for doc in k8s_documents():
         assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"], doc["_file"]
     assert {doc["_file"] for doc in k8s_documents()} == set(manifests)
-    assert set(k8s("Deployment")) == set(STAGES)
+    assert set(k8s("Deployment")) == {*STAGES, "admin"}
     assert set(k8s("Job")) == {"setup"}
 
 
@@ -985,7 +990,7 @@ def test_k8s_workloads_connect_as_their_own_roles_with_verify_full_dsn_files() -
     url = urlsplit(DEFAULT_DATABASE_URL)
     [secret] = k8s("Secret").values()
     users = {name for name, kind in K8S_WORKLOADS if "DATABASE_URL_FILE" in k8s_env(name, kind)}
-    assert users == {"enrich", "store", "setup"}
+    assert users == {"enrich", "store", "admin", "setup"}
     for name, kind in K8S_WORKLOADS:
         if name not in users:
             continue

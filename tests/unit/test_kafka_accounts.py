@@ -169,6 +169,10 @@ def test_the_acl_rows_give_each_user_only_its_topics(tmp_path: Path) -> None:
         ("User:enrich", "sensor-data-enriched"),
         ("User:enrich", "sensor-data-errors"),
         ("User:store", "sensor-data-errors"),
+        # the admin API's replays go back to each stage's input
+        ("User:admin-api", "sensor-data"),
+        ("User:admin-api", "sensor-data-validated"),
+        ("User:admin-api", "sensor-data-enriched"),
     }
     users = {row[2].removeprefix("User:") for row in rows}
     assert users == set(USERS) - {"admin"}
