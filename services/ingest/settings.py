@@ -57,12 +57,10 @@ class IngestSettings(PipelineSettings):
     # A token signed with a key the cache does not know refetches the keys (a rotation), at
     # most this often: forged key ids cannot make ingest fetch on every request.
     idp_jwks_refetch_s: float = Field(default=10.0, gt=0)
-    # mqtts://127.0.0.1:8883 (TLS, checked against TLS_CA_FILE, logged in with MQTT_USERNAME):
-    # Mosquitto's listener with accounts. The default is still the plaintext listener (a
-    # warning at start-up; no password sent unless MQTT_PASSWORD is set): the fault tests lost
-    # readings with ingest on the TLS listener's shared subscription (docs/security.md), and
-    # the default moves when they pass there.
-    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    # mqtts:// (TLS, checked against TLS_CA_FILE, logged in with MQTT_USERNAME): Mosquitto's
+    # listener with accounts. A plain mqtt:// URL works for development (a warning at
+    # start-up): no TLS, and no password sent unless MQTT_PASSWORD is set.
+    mqtt_url: str = "mqtts://127.0.0.1:8883"
     # ingest's account on the broker (it alone may subscribe to MQTT_TOPIC).
     mqtt_username: str = "ingest"
     # None: the local stack's generated <repo>/.stack/secrets/mqtt-ingest.password (make up),

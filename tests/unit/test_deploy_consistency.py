@@ -623,10 +623,9 @@ def test_mosquitto_tls_listener_refuses_anonymous_clients_and_takes_accounts_fro
 ):
     lines = config_lines(MOSQUITTO_TLS_CONF.read_text())
     assert lines[0] == "listener 8883"
-    # The TLS listener's port is the one the stack's clients are given (tools.mqtt_accounts);
-    # ingest's default stays the plaintext 1883 until the fault tests pass over TLS.
+    # ingest's default: this listener, over TLS (its host is the local stack's, rendered in).
     default_mqtt = urlsplit(default(IngestSettings, "mqtt_url"))
-    assert (default_mqtt.scheme, default_mqtt.port) == ("mqtt", 1883)
+    assert (default_mqtt.scheme, default_mqtt.port) == ("mqtts", 8883)
     assert {"tls_version tlsv1.2", "allow_anonymous false"} <= set(lines)
     assert [line for line in lines if line.startswith("plugin ")] == [
         "plugin /usr/lib/mosquitto_dynamic_security.so"

@@ -195,11 +195,11 @@ def test_a_renamed_setting_stops_the_service_with_its_new_name(
     assert IngestSettings().mqtt_max_records == 100
 
 
-def test_mqtts_takes_ingests_account_and_plain_mqtt_stays_the_default_for_now() -> None:
-    settings = IngestSettings(mqtt_url="mqtts://127.0.0.1:8883")
+def test_mqtts_is_the_default_with_ingests_account_and_plain_mqtt_stays_possible() -> None:
+    settings = IngestSettings()
     assert (settings.mqtt_url, settings.mqtt_username) == ("mqtts://127.0.0.1:8883", "ingest")
     assert settings.mqtt_tls and settings.mqtt_password is None
-    assert not IngestSettings().mqtt_tls
+    assert not IngestSettings(mqtt_url="mqtt://broker.example:1883").mqtt_tls
 
 
 def test_an_mqtt_password_set_is_the_login_over_tls_and_plaintext() -> None:
