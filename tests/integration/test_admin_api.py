@@ -69,14 +69,14 @@ def names(stack: None) -> Iterator[Names]:
 
     async def prepare() -> None:
         await ensure_topics(names.settings(topic_partitions=1))
-        conn = await connect(names.settings())
+        conn = await connect(names.settings(database_role="migrator"))
         try:
             await migrate(conn, names.schema())
         finally:
             await conn.close()
 
     async def drop() -> None:
-        conn = await connect(names.settings())
+        conn = await connect(names.settings(database_role="migrator"))
         try:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{names.schema()}" CASCADE')
         finally:
