@@ -72,6 +72,10 @@ class RunAccounts:
             **options,
         )
 
+    def ingest_settings(self) -> dict[str, str]:
+        """ingest_env as keyword arguments of IngestSettings (an ingest in the test process)."""
+        return {name.lower(): value for name, value in self.ingest_env().items()}
+
     def ingest_env(self) -> dict[str, str]:
         """The settings that make an ingest subscribe as this run's ingest account."""
         return {

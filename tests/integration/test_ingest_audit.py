@@ -197,7 +197,7 @@ async def test_an_mqtt_reading_of_another_device_than_its_topic_s_is_recorded(
     topic = mqtt_accounts.topic(device_id)
     settings = names.settings_of(
         IngestSettings,
-        **{k.lower(): v for k, v in mqtt_accounts.ingest_env().items()},
+        **mqtt_accounts.ingest_settings(),
         mqtt_client_id=f"test-ingest-audit-{device_id}",
     )
     other = f"other-{device_id}"

@@ -48,11 +48,6 @@ async def running(
             await asyncio.wait_for(task, 20)
 
 
-def ingest_login(accounts: RunAccounts) -> dict[str, object]:
-    """ingest's settings for the run's own account and shared subscription, over TLS."""
-    return {k.lower(): v for k, v in accounts.ingest_env().items()}
-
-
 async def wait_until(condition: object, timeout_s: float = 15) -> None:
     async with asyncio.timeout(timeout_s):
         while not condition():  # type: ignore[operator]
@@ -66,7 +61,7 @@ async def test_a_bad_mqtt_message_reaches_the_dlq_with_the_device_of_its_topic(
     topic = mqtt_accounts.topic(device)
     settings = topics.settings_of(
         IngestSettings,
-        **ingest_login(mqtt_accounts),
+        **mqtt_accounts.ingest_settings(),
         mqtt_client_id=f"test-ingest-{topics.run_id}",
     )
     good = orjson.dumps({"device_id": device, "timestamp": 1, "temperature": 20.0})
@@ -94,7 +89,7 @@ async def test_a_reading_of_another_device_than_its_topics_reaches_the_dlq_as_de
     topic = mqtt_accounts.topic(device)
     settings = topics.settings_of(
         IngestSettings,
-        **ingest_login(mqtt_accounts),
+        **mqtt_accounts.ingest_settings(),
         mqtt_client_id=f"test-ingest-mismatch-{topics.run_id}",
     )
     own = orjson.dumps({"device_id": device, "timestamp": 1, "temperature": 20.0})
