@@ -151,10 +151,8 @@ async def consume_one(options: dict[str, Any], topic: str, value: bytes) -> bool
 def test_users_have_generated_passwords_of_their_own(broker: Broker) -> None:
     secrets = broker.stack_dir / "secrets"
     files = sorted(secrets.glob("kafka-*.password"))
-    assert [f.name for f in files] == [
-        f"kafka-{u}.password"
-        for u in sorted(("admin", "ingest", "validate", "enrich", "store", "operator"))
-    ]
+    users = ("admin", "admin-api", "ingest", "validate", "enrich", "store", "operator")
+    assert [f.name for f in files] == sorted(f"kafka-{u}.password" for u in users)
     assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
     assert len({f.read_text() for f in files}) == len(files)
 
